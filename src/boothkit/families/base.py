@@ -1,0 +1,134 @@
+"""The interface every model family implements, so the training loop never branches on family."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import torch
+
+FamilyName = Literal["sd1", "sd2", "sdxl"]
+PredictionType = Literal["epsilon", "v_prediction"]
+
+
+@dataclass
+class Conditioning:
+    """What the UNet is conditioned on besides the noisy latents and the timestep.
+
+    hidden_states: (B, L, D) text-encoder states for cross-attention.
+    pooled: (B, P) pooled text embedding (SDXL's `text_embeds`), or None.
+    """
+
+    hidden_states: torch.Tensor
+    pooled: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.hidden_states.shape[0]
+
+    def select(self, index: torch.Tensor | list[int]) -> Conditioning:
+        idx = torch.as_tensor(index, device=self.hidden_states.device)
+        return Conditioning(
+            self.hidden_states.index_select(0, idx),
+            None if self.pooled is None else self.pooled.index_select(0, idx),
+        )
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Conditioning:
+        return Conditioning(
+            self.hidden_states.to(device, dtype),
+            None if self.pooled is None else self.pooled.to(device, dtype),
+        )
+
+    @staticmethod
+    def cat(items: list[Conditioning]) -> Conditioning:
+        pooled = [c.pooled for c in items]
+        return Conditioning(
+            torch.cat([c.hidden_states for c in items]),
+            None if any(p is None for p in pooled) else torch.cat(pooled),  # type: ignore[arg-type]
+        )
+
+
+@dataclass
+class ModelSource:
+    """Where a model came from, and the fingerprint that identifies its weights."""
+
+    spec: str  # what the user passed
+    path: Path  # the local diffusers folder or single file
+    fingerprint: str  # stable hash of configs and weight files (class-image bank key)
+    single_file: bool = False
+    config_source: str | None = None  # for single files: where the configs came from
+
+
+class Family(Protocol):
+    """A loaded base model of one family, with the family-specific pieces of training and sampling.
+
+    Implementations: `families.sd.SD` (SD 1.x / 2.x), `families.sdxl.SDXL`.
+    """
+
+    name: FamilyName
+    source: ModelSource
+    prediction_type: PredictionType
+    unet: Any
+    vae: Any
+    text_encoders: list[Any]
+    tokenizers: list[Any]
+    noise_scheduler: Any  # DDPMScheduler with the model's training schedule
+    extra_components: dict[str, Any]
+
+    @property
+    def default_resolution(self) -> int: ...
+
+    @property
+    def vae_scale_factor(self) -> int: ...
+
+    def encode_prompts(self, prompts: list[str]) -> Conditioning:
+        """Tokenise and encode; gradients flow when a text encoder is being trained."""
+        ...
+
+    def time_ids(
+        self, original_size: tuple[int, int], crop_top_left: tuple[int, int], target_size: tuple[int, int]
+    ) -> torch.Tensor:
+        """Per-image micro-conditioning (SDXL's 6 size/crop ids); an empty tensor for families without it."""
+        ...
+
+    def predict(
+        self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning, time_ids: torch.Tensor
+    ) -> torch.Tensor:
+        """The UNet's prediction (epsilon or v, as the model was trained)."""
+        ...
+
+    def encode_images(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """VAE posterior (mean, std) of images in [-1, 1], unscaled; sample and scale with `scale_latents`."""
+        ...
+
+    def scale_latents(self, latents: torch.Tensor) -> torch.Tensor: ...
+
+    def pipeline(self) -> Any:
+        """A diffusers pipeline sharing this model's (possibly adapted) components."""
+        ...
+
+    def pipeline_class(self) -> Any: ...
+
+    def text_encoder_lora_prefixes(self) -> list[str]:
+        """Names the pipeline's `save_lora_weights` uses for each text encoder's LoRA layers."""
+        ...
+
+
+def vae_scale_factor(vae: Any) -> int:
+    return int(2 ** (len(vae.config.block_out_channels) - 1))
+
+
+def vae_posterior(vae: Any, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) of the VAE's latent distribution. Cached once per image by the trainer, so sampling
+    `mean + std * noise` each step matches encoding every step without running the VAE again."""
+    dist = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
+    return dist.mean, dist.std
+
+
+@dataclass
+class LoadOptions:
+    model_config: str | None = None
+    prediction_type: PredictionType | None = None
+    dtype: torch.dtype = torch.float32
+    device: str = "cpu"
+    extra: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,167 @@
+"""Inference: a base model plus any number of weighted LoRAs, seeded, with parameters in each PNG."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from boothkit.errors import BoothkitError
+from boothkit.families import Family, LoadOptions, load_model
+
+LORA_FILE = "pytorch_lora_weights.safetensors"
+
+SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "dpm++2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler_a": ("EulerAncestralDiscreteScheduler", {}),
+    "ddim": ("DDIMScheduler", {}),
+    "pndm": ("PNDMScheduler", {}),
+}
+
+
+@dataclass(frozen=True)
+class Adapter:
+    path: Path
+    weight: float = 1.0
+
+
+def parse_adapter(spec: str) -> Adapter:
+    """`run_dir`, `file.safetensors` or either with `:weight` (e.g. `style.safetensors:0.5`)."""
+    path_part, weight = spec, 1.0
+    head, sep, tail = spec.rpartition(":")
+    if sep and head and not Path(spec).exists():
+        try:
+            weight = float(tail)
+        except ValueError:
+            raise BoothkitError(
+                f"--lora {spec!r}: weight {tail!r} is not a number", hint="write it as PATH:0.8"
+            ) from None
+        path_part = head
+    path = Path(path_part).expanduser()
+    if path.is_dir():
+        path = path / LORA_FILE
+    if not path.is_file():
+        raise BoothkitError(
+            f"--lora {spec!r}: {path} does not exist",
+            hint="pass a boothkit run folder or a LoRA .safetensors file",
+        )
+    return Adapter(path, weight)
+
+
+def set_scheduler(pipe: Any, name: str | None) -> None:
+    if name is None:
+        return
+    if name not in SCHEDULERS:
+        raise BoothkitError(f"--scheduler {name!r} is not known; choose one of {', '.join(SCHEDULERS)}")
+    import diffusers
+
+    cls_name, kwargs = SCHEDULERS[name]
+    pipe.scheduler = getattr(diffusers, cls_name).from_config(pipe.scheduler.config, **kwargs)
+
+
+def apply_adapters(pipe: Any, adapters: list[Adapter]) -> None:
+    """Load each LoRA as a named adapter and activate all of them with their weights."""
+    names = []
+    for i, adapter in enumerate(adapters):
+        name = f"adapter_{i}"
+        try:
+            pipe.load_lora_weights(str(adapter.path.parent), weight_name=adapter.path.name, adapter_name=name)
+        except (ValueError, RuntimeError, KeyError) as e:
+            raise BoothkitError(
+                f"could not apply LoRA {adapter.path} to this base model: {str(e).splitlines()[0]}",
+                hint="a LoRA only fits the model family it was trained for (SD 1.x, SD 2.x or SDXL)",
+            ) from None
+        names.append(name)
+    if names:
+        pipe.set_adapters(names, adapter_weights=[a.weight for a in adapters])
+
+
+def png_parameters(params: dict[str, Any]) -> Any:
+    """PNG text chunks: A1111-style `parameters` (read by common UIs) and boothkit's own JSON."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    loras = ", ".join(f"{a['path']}:{a['weight']}" for a in params["adapters"])
+    a1111 = (
+        f"{params['prompt']}\nNegative prompt: {params['negative']}\n"
+        f"Steps: {params['steps']}, Sampler: {params['scheduler']}, CFG scale: {params['guidance']}, "
+        f"Seed: {params['seed']}, Size: {params['width']}x{params['height']}, Model: {params['model']}"
+        + (f", Lora: {loras}" if loras else "")
+    )
+    info.add_text("parameters", a1111)
+    info.add_text("boothkit", json.dumps(params, sort_keys=True))
+    return info
+
+
+def load_pipeline(
+    model: str | Family, adapters: list[Adapter], scheduler: str | None = None, device: str = "cpu"
+) -> Any:
+    family = model if not isinstance(model, str) else load_model(model, LoadOptions(device=device))
+    pipe = family.pipeline()
+    set_scheduler(pipe, scheduler)
+    apply_adapters(pipe, adapters)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@torch.no_grad()
+def generate(
+    model: str,
+    prompt: str,
+    *,
+    adapters: list[Adapter] | None = None,
+    negative: str = "",
+    seed: int = 0,
+    num_images: int = 1,
+    steps: int = 30,
+    guidance: float = 7.5,
+    width: int | None = None,
+    height: int | None = None,
+    scheduler: str | None = None,
+    output: str | Path = "outputs",
+    device: str = "cpu",
+) -> list[Path]:
+    """Generate `num_images` images (image k from seed + k) and save them with their parameters."""
+    from boothkit.io import atomic_save_image
+
+    if num_images <= 0 or steps <= 0:
+        raise BoothkitError("--num-images and --steps must be positive")
+    adapters = adapters or []
+    family = load_model(model, LoadOptions(device=device))
+    pipe = load_pipeline(family, adapters, scheduler, device)
+    size = family.default_resolution
+    width, height = width or size, height or size
+    out = Path(output).expanduser()
+    paths = []
+    for k in range(num_images):
+        image = pipe(
+            prompt,
+            negative_prompt=negative or None,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            width=width,
+            height=height,
+            generator=torch.Generator("cpu").manual_seed(seed + k),
+        ).images[0]
+        params = {
+            "prompt": prompt,
+            "negative": negative,
+            "seed": seed + k,
+            "steps": steps,
+            "guidance": guidance,
+            "width": width,
+            "height": height,
+            "scheduler": scheduler or type(pipe.scheduler).__name__,
+            "model": model,
+            "adapters": [{"path": str(a.path), "weight": a.weight} for a in adapters],
+        }
+        path = out / f"{k:05d}-seed{seed + k}.png"
+        paths.append(atomic_save_image(image, path, pnginfo=png_parameters(params)))
+    return paths
+
+
+__all__ = ["SCHEDULERS", "Adapter", "apply_adapters", "generate", "load_pipeline", "parse_adapter"]

@@ -1,0 +1,116 @@
+"""DreamBooth-LoRA: low-rank adapters on the UNet's attention projections (and optionally the text encoders).
+
+The base weights stay frozen and untouched; only the peft `lora_A` / `lora_B` matrices train. The
+output is a diffusers-layout `pytorch_lora_weights.safetensors` that `pipe.load_lora_weights(run_dir)`
+loads, with peft's adapter config in its metadata so the alpha survives.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from boothkit.config import TrainConfig
+from boothkit.families import Family
+from boothkit.io import atomic_save_safetensors
+
+LORA_FILE = "pytorch_lora_weights.safetensors"
+TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+
+
+def lora_parameters(module: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for n, p in module.named_parameters() if "lora_" in n]
+
+
+class LoRA:
+    name = "lora"
+
+    def __init__(self) -> None:
+        self._train_te = False
+        self._configs: dict[str, Any] = {}
+
+    @property
+    def trains_text_encoder(self) -> bool:
+        return self._train_te
+
+    def setup(self, model: Family, config: TrainConfig) -> list[dict[str, Any]]:
+        from peft import LoraConfig
+
+        alpha = config.lora_alpha if config.lora_alpha is not None else float(config.rank)
+        # Seeded here so the adapters' initial weights are part of the run's determinism.
+        torch.manual_seed(config.seed)
+        unet_config = LoraConfig(
+            r=config.rank,
+            lora_alpha=alpha,  # type: ignore[arg-type]  # peft accepts float alphas
+            lora_dropout=config.lora_dropout,
+            init_lora_weights="gaussian",
+            target_modules=list(config.target_modules),
+        )
+        model.unet.add_adapter(unet_config)
+        self._configs["unet"] = unet_config
+        groups: list[dict[str, Any]] = [{"params": self._trainable(model.unet), "lr": config.lr}]
+        if config.train_text_encoder:
+            self._train_te = True
+            te_config = LoraConfig(
+                r=config.rank,
+                lora_alpha=alpha,  # type: ignore[arg-type]  # peft accepts float alphas
+                lora_dropout=config.lora_dropout,
+                init_lora_weights="gaussian",
+                target_modules=TEXT_ENCODER_TARGETS,
+            )
+            te_lr = config.text_encoder_lr or config.lr
+            for prefix, encoder in zip(model.text_encoder_lora_prefixes(), model.text_encoders, strict=True):
+                encoder.add_adapter(te_config)
+                self._configs[prefix] = te_config
+                groups.append({"params": self._trainable(encoder), "lr": te_lr})
+        if not groups[0]["params"]:
+            raise ValueError(f"no UNet module matched --target-modules {list(config.target_modules)}")
+        return groups
+
+    @staticmethod
+    def _trainable(module: torch.nn.Module) -> list[torch.nn.Parameter]:
+        params = lora_parameters(module)
+        for p in params:
+            # LoRA weights train in fp32 even when the frozen base runs in half precision.
+            p.data = p.data.float()
+            p.requires_grad_(True)
+        return params
+
+    def state_dicts(self, model: Family) -> dict[str, dict[str, torch.Tensor]]:
+        """LoRA tensors per component, in the diffusers layout `save_lora_weights` expects."""
+        from diffusers.utils import convert_state_dict_to_diffusers
+        from peft.utils import get_peft_model_state_dict
+
+        out = {"unet": convert_state_dict_to_diffusers(get_peft_model_state_dict(model.unet))}
+        if self._train_te:
+            for prefix, encoder in zip(model.text_encoder_lora_prefixes(), model.text_encoders, strict=True):
+                out[prefix] = convert_state_dict_to_diffusers(get_peft_model_state_dict(encoder))
+        return out
+
+    def save(self, model: Family, out_dir: Path, metadata: dict[str, str]) -> list[Path]:
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        layers = self.state_dicts(model)
+        kwargs: dict[str, Any] = {
+            "unet_lora_layers": layers["unet"],
+            "unet_lora_adapter_metadata": self._configs["unet"].to_dict(),
+        }
+        for prefix in model.text_encoder_lora_prefixes():
+            if prefix in layers:
+                kwargs[f"{prefix}_lora_layers"] = layers[prefix]
+                kwargs[f"{prefix}_lora_adapter_metadata"] = self._configs[prefix].to_dict()
+        # Let diffusers lay out keys and adapter metadata exactly as its loader expects, then add
+        # boothkit's description and move the file into place atomically.
+        with tempfile.TemporaryDirectory() as tmp:
+            model.pipeline_class().save_lora_weights(tmp, safe_serialization=True, **kwargs)
+            tensors = load_file(f"{tmp}/{LORA_FILE}")
+            with safe_open(f"{tmp}/{LORA_FILE}", "pt") as f:
+                file_meta = dict(f.metadata() or {})
+        file_meta.update(metadata)
+        file_meta["boothkit"] = json.dumps({k: v for k, v in metadata.items()}, sort_keys=True)
+        return [atomic_save_safetensors(tensors, out_dir / LORA_FILE, file_meta)]

@@ -1,0 +1,74 @@
+"""Shared fixtures: tiny models of each family built once per session, synthetic photos, offline env."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "dreambooth"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The class-image bank and HF cache live in the test's temp dirs, never in the user's home.
+    root = tmp_path_factory.getbasetemp() / "cache"
+    monkeypatch.setenv("BOOTHKIT_CACHE", str(root / "boothkit"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory):
+    """tiny_model("sd1"|"sd2"|"sdxl") -> Path of a tiny diffusers folder (built once per session)."""
+    from boothkit.tiny import build_tiny_pipeline
+
+    built: dict[str, Path] = {}
+
+    def get(family: str) -> Path:
+        if family not in built:
+            built[family] = build_tiny_pipeline(family, tmp_path_factory.mktemp(f"tiny_{family}"))  # type: ignore[arg-type]
+        return built[family]
+
+    return get
+
+
+def make_photos(folder: Path, n: int = 4, size: int = 40) -> Path:
+    """n small, distinct RGB photos of a 'subject' (a coloured disc on varied backgrounds)."""
+    from PIL import Image, ImageDraw
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        im = Image.new("RGB", (size, size + 8 * (i % 2)), (40 * i % 255, 120, 200 - 30 * i))
+        d = ImageDraw.Draw(im)
+        d.ellipse([6 + i, 8, 30 + i, 32], fill=(230, 60, 40), outline=(0, 0, 0))
+        d.rectangle([14, 16, 20, 22], fill=(250, 240, 30))
+        im.save(folder / f"photo_{i}.png")
+    return folder
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> Path:
+    return make_photos(tmp_path / "photos")
+
+
+def fast_settings(**overrides: object) -> dict[str, object]:
+    """Settings that make a tiny training run take about a second."""
+    base: dict[str, object] = {
+        "steps": 4,
+        "resolution": 32,
+        "class_images": 2,
+        "class_steps": 2,
+        "class_batch_size": 2,
+        "sample_steps": 2,
+        "sample_prompts": ("a photo of {token} {class_noun}",),
+        "sample_seeds": (0,),
+        "lr": 1e-2,
+        "device": "cpu",
+    }
+    base.update(overrides)
+    return base
