@@ -134,5 +134,7 @@ def line_plot(
         pts = [to_px(x, y) for x, y in s if math.isfinite(y) and (y > 0 or not log_y)]
         if len(pts) > 1:
             draw.line(pts, fill=color, width=2)
-        draw.text((width - margin_r - 150, margin_t + 4 + 14 * i), f"— {name}", fill=color, font=font)
+        lx, ly = width - margin_r - 150, margin_t + 4 + 14 * i
+        draw.line([lx, ly + 7, lx + 14, ly + 7], fill=color, width=2)
+        draw.text((lx + 18, ly), name, fill=color, font=font)
     return canvas

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from boothkit.data.images import load_image, resize_and_crop
 
+from boothkit.data.images import load_image, resize_and_crop
 from boothkit.families import Conditioning, Family
 
 

@@ -81,14 +81,14 @@ class LoRA:
         return params
 
     def state_dicts(self, model: Family) -> dict[str, dict[str, torch.Tensor]]:
-        """LoRA tensors per component, in the diffusers layout `save_lora_weights` expects."""
-        from diffusers.utils import convert_state_dict_to_diffusers
+        """LoRA tensors per component with peft's key names (`...to_q.lora_A.weight`), which
+        `save_lora_weights` prefixes with the component name and diffusers' loader reads as they are."""
         from peft.utils import get_peft_model_state_dict
 
-        out = {"unet": convert_state_dict_to_diffusers(get_peft_model_state_dict(model.unet))}
+        out = {"unet": get_peft_model_state_dict(model.unet)}
         if self._train_te:
             for prefix, encoder in zip(model.text_encoder_lora_prefixes(), model.text_encoders, strict=True):
-                out[prefix] = convert_state_dict_to_diffusers(get_peft_model_state_dict(encoder))
+                out[prefix] = get_peft_model_state_dict(encoder)
         return out
 
     def save(self, model: Family, out_dir: Path, metadata: dict[str, str]) -> list[Path]:

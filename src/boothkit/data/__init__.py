@@ -1,0 +1,1 @@
+"""Data: photo checks, captions, latent caches."""

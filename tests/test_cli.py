@@ -1,0 +1,178 @@
+"""The command line as a user meets it: exit codes, messages, no tracebacks."""
+
+import subprocess
+import sys
+
+import pytest
+
+from boothkit.cli import main
+from conftest import make_photos
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_help_lists_flags_from_the_config(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    for flag in (
+        "--rank",
+        "--class-noun",
+        "--no-prior",
+        "--prior-weight",
+        "--mixed-precision",
+        "--snr-gamma",
+    ):
+        assert flag in text
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--rank", "0"], "--rank must be a positive integer"),
+        (["--resolution", "100"], "--resolution must be a positive multiple of 8"),
+        (["--steps", "0"], "--steps must be a positive integer"),
+        (["--prior"], "prior preservation needs a class noun"),
+    ],
+)
+def test_bad_flags_exit_2_with_a_message(capsys, tmp_path, args, needle) -> None:
+    code, _, err = run_cli(
+        capsys, "train", "--model", "m", "--images", str(tmp_path), "--output", str(tmp_path / "o"), *args
+    )
+    assert code == 2 and needle in err and "Traceback" not in err
+
+
+def test_missing_and_empty_image_folders(capsys, tmp_path, tiny_model) -> None:
+    model = str(tiny_model("sd1"))
+    code, _, err = run_cli(
+        capsys,
+        "train",
+        "--model",
+        model,
+        "--images",
+        str(tmp_path / "nope"),
+        "--output",
+        str(tmp_path / "o"),
+        "--no-prior",
+    )
+    assert code == 2 and "nope is not a folder" in err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _, err = run_cli(
+        capsys,
+        "train",
+        "--model",
+        model,
+        "--images",
+        str(empty),
+        "--output",
+        str(tmp_path / "o"),
+        "--no-prior",
+    )
+    assert code == 2 and "no usable images" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_model_that_is_not_a_model(capsys, tmp_path) -> None:
+    photos = make_photos(tmp_path / "p")
+    notmodel = tmp_path / "notmodel"
+    notmodel.mkdir()
+    (notmodel / "readme.txt").write_text("x")
+    code, _, err = run_cli(
+        capsys,
+        "train",
+        "--model",
+        str(notmodel),
+        "--images",
+        str(photos),
+        "--output",
+        str(tmp_path / "o"),
+        "--no-prior",
+        "--device",
+        "cpu",
+        "--resolution",
+        "32",
+    )
+    assert code == 2 and "not a diffusers model folder" in err
+
+
+def test_train_then_generate_from_the_command_line(tmp_path, tiny_model) -> None:
+    """The README's two commands, as subprocesses, with a TOML config and flags overriding it."""
+    photos = make_photos(tmp_path / "mittens")
+    model = str(tiny_model("sd1"))
+    cfg = tmp_path / "run.toml"
+    cfg.write_text(
+        f'model = "{model}"\nclass_noun = "cat"\nsteps = 50\nresolution = 32\nclass_images = 2\n'
+        'class_steps = 2\nsample_steps = 2\nsample_seeds = [0]\nsample_prompts = ["a photo of {token} cat"]\n'
+    )
+    out = tmp_path / "runs" / "mittens"
+    env_cmd = [sys.executable, "-m", "boothkit.cli"]
+    r = subprocess.run(
+        [
+            *env_cmd,
+            "train",
+            "--config",
+            str(cfg),
+            "--images",
+            str(photos),
+            "--output",
+            str(out),
+            "--steps",
+            "3",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "done: 3 steps" in r.stdout and "boothkit generate" in r.stdout
+    assert "steps = 3" in (out / "config.toml").read_text()
+    r = subprocess.run(
+        [
+            *env_cmd,
+            "generate",
+            "--model",
+            model,
+            "--lora",
+            f"{out}:0.8",
+            "--prompt",
+            "a photo of sks cat wearing a wizard hat",
+            "--seed",
+            "42",
+            "--steps",
+            "2",
+            "--num-images",
+            "2",
+            "--output",
+            str(tmp_path / "gen"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    files = sorted((tmp_path / "gen").glob("*.png"))
+    assert [f.name for f in files] == ["00000-seed42.png", "00001-seed43.png"]
+    from PIL import Image
+
+    info = Image.open(files[0]).info
+    assert "Seed: 42" in info["parameters"] and "wizard hat" in info["parameters"]
+
+
+def test_generate_bad_lora_weight(capsys, tmp_path, tiny_model) -> None:
+    code, _, err = run_cli(
+        capsys, "generate", "--model", str(tiny_model("sd1")), "--lora", f"{tmp_path}:abc", "--prompt", "x"
+    )
+    assert code == 2 and "weight 'abc' is not a number" in err
+
+
+def test_debug_shows_traceback(capsys, tmp_path) -> None:
+    code, _, err = run_cli(
+        capsys, "train", "--model", "m", "--images", "i", "--output", "o", "--rank", "0", "--debug"
+    )
+    assert code == 2 and "Traceback" in err

@@ -1,0 +1,73 @@
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from boothkit.families import load_model
+from boothkit.prior import BankKey, bank_dir, ensure_class_images
+
+KEY = BankKey(
+    model="abc",
+    prompt="a photo of dog",
+    negative_prompt="",
+    resolution=32,
+    sampler="PNDMScheduler",
+    steps=2,
+    guidance=7.5,
+    seed=0,
+)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"model": "other"},
+        {"prompt": "a photo of cat"},
+        {"negative_prompt": "blurry"},
+        {"resolution": 64},
+        {"sampler": "EulerDiscreteScheduler"},
+        {"steps": 3},
+        {"guidance": 5.0},
+        {"seed": 1},
+    ],
+)
+def test_every_setting_changes_the_bank_key(change) -> None:
+    assert dataclasses.replace(KEY, **change).digest() != KEY.digest()
+
+
+class CountingPipe:
+    """Wraps a pipeline and counts the images it is asked for."""
+
+    def __init__(self, pipe) -> None:
+        self.pipe, self.images = pipe, 0
+
+    def __call__(self, prompts, **kw):
+        self.images += len(prompts)
+        return self.pipe(prompts, **kw)
+
+
+def test_bank_generates_once_resumes_and_is_deterministic(tiny_model, tmp_path: Path) -> None:
+    model = load_model(str(tiny_model("sd1")))
+    pipe = model.pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    key = dataclasses.replace(KEY, model=model.source.fingerprint)
+    counting = CountingPipe(pipe)
+    paths = ensure_class_images(counting, key, 3, root=tmp_path, batch_size=2, progress=False)
+    assert counting.images == 3 and all(p.is_file() for p in paths)
+    first = [p.read_bytes() for p in paths]
+
+    # A second run reuses the bank: nothing is generated.
+    again = ensure_class_images(counting, key, 3, root=tmp_path, batch_size=2, progress=False)
+    assert counting.images == 3 and again == paths
+
+    # An interrupted generation resumes: only the missing image is made, and it is the same image.
+    paths[1].unlink()
+    ensure_class_images(counting, key, 3, root=tmp_path, batch_size=2, progress=False)
+    assert counting.images == 4
+    assert [p.read_bytes() for p in paths] == first
+
+    # Asking for more adds only the new ones; a different setting uses a different folder.
+    ensure_class_images(counting, key, 5, root=tmp_path, batch_size=2, progress=False)
+    assert counting.images == 6
+    other = dataclasses.replace(key, guidance=3.0)
+    assert bank_dir(other, tmp_path) != bank_dir(key, tmp_path)

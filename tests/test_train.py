@@ -1,0 +1,169 @@
+"""End-to-end DreamBooth-LoRA runs on the tiny models (CPU, seconds each)."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from boothkit.config import TrainConfig
+from boothkit.errors import BoothkitError
+from boothkit.families import load_model
+from boothkit.train import train
+from conftest import fast_settings, make_photos
+
+
+def _config(model: Path, photos: Path, out: Path, **kw) -> TrainConfig:
+    return TrainConfig(
+        model=str(model), images=str(photos), output=str(out), class_noun="dog", **fast_settings(**kw)
+    )  # type: ignore[arg-type]
+
+
+def _image(pipe, prompt: str = "a photo of sks dog"):
+    return pipe(
+        prompt,
+        num_inference_steps=2,
+        height=32,
+        width=32,
+        output_type="np",
+        generator=torch.Generator().manual_seed(0),
+    ).images
+
+
+@pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
+def test_lora_run_trains_only_lora_and_the_file_loads_into_diffusers(
+    family, tiny_model, photos, tmp_path
+) -> None:
+    path = tiny_model(family)
+    model = load_model(str(path))
+    base = {k: v.clone() for k, v in model.unet.state_dict().items()}
+    result = train(_config(path, photos, tmp_path / "run"), model=model, progress=False, log=lambda s: None)
+
+    # Only LoRA parameters require grad, and they changed from their initial values.
+    trainable = {n for n, p in model.unet.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    assert not any(p.requires_grad for e in model.text_encoders for p in e.parameters())
+    # Base weights are bit-identical after training.
+    from peft.tuners.lora import LoraLayer
+
+    for name, module in model.unet.named_modules():
+        if isinstance(module, LoraLayer):
+            key = name + ".weight"
+            assert torch.equal(module.base_layer.weight, base[key]), key
+
+    run = result.output
+    for f in (
+        "pytorch_lora_weights.safetensors",
+        "config.toml",
+        "summary.json",
+        "loss.png",
+        "logs/train.jsonl",
+        "boothkit_run.json",
+    ):
+        assert (run / f).is_file(), f
+    assert list((run / "samples").glob("step-*.png"))
+    assert len((run / "logs" / "train.jsonl").read_text().splitlines()) == 4
+
+    # The saved LoRA loads into a fresh diffusers pipeline with no missing or unexpected keys ...
+    from diffusers import DiffusionPipeline
+    from peft.utils import get_peft_model_state_dict
+
+    pipe = DiffusionPipeline.from_pretrained(path)
+    pipe.set_progress_bar_config(disable=True)
+    before = _image(pipe)
+    pipe.load_lora_weights(str(run))
+    saved = load_file(run / "pytorch_lora_weights.safetensors")
+    loaded = get_peft_model_state_dict(pipe.unet, adapter_name=pipe.get_active_adapters()[0])
+    saved_unet = {k.removeprefix("unet."): v for k, v in saved.items()}
+    assert len(loaded) == len(saved_unet)
+    for k, v in loaded.items():
+        assert torch.equal(v, saved_unet[k]), k
+    # ... and changes its output.
+    after = _image(pipe)
+    assert abs(after - before).max() > 1e-3
+
+
+def test_seeded_run_is_deterministic(tiny_model, photos, tmp_path) -> None:
+    path = tiny_model("sd1")
+    a = train(_config(path, photos, tmp_path / "a", flip=True), progress=False, log=lambda s: None)
+    b = train(_config(path, photos, tmp_path / "b", flip=True), progress=False, log=lambda s: None)
+    wa, wb = load_file(a.weights[0]), load_file(b.weights[0])
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    c = train(_config(path, photos, tmp_path / "c", seed=1), progress=False, log=lambda s: None)
+    wc = load_file(c.weights[0])
+    assert any(not torch.equal(wa[k], wc[k]) for k in wa)
+
+
+def test_latents_are_encoded_once_per_image_not_per_step(tiny_model, photos, tmp_path) -> None:
+    path = tiny_model("sd1")
+    model = load_model(str(path))
+    calls = []
+    original = model.vae.encode
+
+    def counting(x, *a, **k):
+        calls.append(x.shape[0])
+        return original(x, *a, **k)
+
+    model.vae.encode = counting
+    train(
+        _config(path, photos, tmp_path / "run", steps=6, flip=True),
+        model=model,
+        progress=False,
+        log=lambda s: None,
+    )
+    # 4 instance photos (+ their mirror images) and 2 class images, once each, whatever the step count.
+    assert sum(calls) == 4 * 2 + 2
+
+
+def test_text_encoder_lora_and_no_prior(tiny_model, photos, tmp_path) -> None:
+    path = tiny_model("sdxl")
+    model = load_model(str(path))
+    cfg = TrainConfig(
+        model=str(path),
+        images=str(photos),
+        output=str(tmp_path / "r"),
+        prior=False,
+        **fast_settings(train_text_encoder=True, grad_accum=2, snr_gamma=5.0, noise_offset=0.05),
+    )  # type: ignore[arg-type]
+    result = train(cfg, model=model, progress=False, log=lambda s: None)
+    keys = load_file(result.weights[0]).keys()
+    assert any(k.startswith("text_encoder.") for k in keys)
+    assert any(k.startswith("text_encoder_2.") for k in keys)
+    summary = json.loads((result.output / "summary.json").read_text())
+    assert summary["class_images"] == 0
+
+
+def test_user_class_dir_and_v_prediction(tiny_model, photos, tmp_path) -> None:
+    path = tiny_model("sd2")
+    class_dir = make_photos(tmp_path / "dogs", n=3)
+    cfg = _config(path, photos, tmp_path / "r", class_dir=str(class_dir))
+    result = train(cfg, progress=False, log=lambda s: None)
+    summary = json.loads((result.output / "summary.json").read_text())
+    assert summary["class_images"] == 2 and summary["prediction_type"] == "v_prediction"
+    rows = [json.loads(line) for line in (result.output / "logs" / "train.jsonl").read_text().splitlines()]
+    assert all("prior_loss" in r for r in rows)
+
+
+def test_refuses_foreign_non_empty_output_and_finished_run(tiny_model, photos, tmp_path) -> None:
+    path = tiny_model("sd1")
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "thesis.docx").write_text("precious")
+    with pytest.raises(BoothkitError, match="not a boothkit run folder"):
+        train(_config(path, photos, foreign), progress=False, log=lambda s: None)
+    assert [p.name for p in foreign.iterdir()] == ["thesis.docx"]
+    run = tmp_path / "run"
+    train(_config(path, photos, run), progress=False, log=lambda s: None)
+    with pytest.raises(BoothkitError, match="already holds a finished run"):
+        train(_config(path, photos, run), progress=False, log=lambda s: None)
+
+
+def test_split_token_warns_with_pieces(tiny_model, photos, tmp_path) -> None:
+    messages: list[str] = []
+    train(
+        _config(tiny_model("sd1"), photos, tmp_path / "r", token="qzxv", steps=1),
+        progress=False,
+        log=messages.append,
+    )
+    assert any("qzxv" in m and "pieces" in m for m in messages)
