@@ -167,3 +167,33 @@ def test_split_token_warns_with_pieces(tiny_model, photos, tmp_path) -> None:
         log=messages.append,
     )
     assert any("qzxv" in m and "pieces" in m for m in messages)
+
+
+def test_memory_options_bf16_checkpointing_warmup(tiny_model, photos, tmp_path) -> None:
+    """bf16 autocast, gradient checkpointing and a warm-up schedule run and still train."""
+    result = train(
+        _config(
+            tiny_model("sd1"),
+            photos,
+            tmp_path / "r",
+            mixed_precision="bf16",
+            gradient_checkpointing=True,
+            lr_schedule="cosine",
+            warmup_steps=2,
+        ),
+        progress=False,
+        log=lambda s: None,
+    )
+    rows = [json.loads(line) for line in (result.output / "logs" / "train.jsonl").read_text().splitlines()]
+    assert rows[0]["lr"] < rows[1]["lr"] < rows[2]["lr"]  # warming up
+    assert all(torch.isfinite(v).all() for v in load_file(result.weights[0]).values())
+
+
+def test_fp16_on_cpu_and_missing_bitsandbytes_are_explained(tiny_model, photos, tmp_path) -> None:
+    with pytest.raises(BoothkitError, match="fp16 needs a CUDA device"):
+        train(_config(tiny_model("sd1"), photos, tmp_path / "a", mixed_precision="fp16"), progress=False)
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        with pytest.raises(BoothkitError, match="bitsandbytes"):
+            train(_config(tiny_model("sd1"), photos, tmp_path / "b", adam_8bit=True), progress=False)

@@ -224,6 +224,10 @@ def train(
     device = resolve_device(config.device)
     if config.mixed_precision == "fp16" and device.type != "cuda":
         raise BoothkitError("--mixed-precision fp16 needs a CUDA device", hint="use bf16 or no on CPU")
+    from accelerate.state import AcceleratorState
+
+    # accelerate keeps one global state per process; train() may run several times in one process.
+    AcceleratorState._reset_state(reset_partial_state=True)
     accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=device.type == "cpu")
     weight_dtype = DTYPES[config.mixed_precision]
 
@@ -348,12 +352,12 @@ def train(
             if config.max_grad_norm
             else math.nan
         )
+        lr = float(lr_scheduler.get_last_lr()[0])  # the rate this step used
         optimizer.step()
         lr_scheduler.step()
         optimizer.zero_grad(set_to_none=True)
 
         loss_value = step_loss
-        lr = float(lr_scheduler.get_last_lr()[0])
         logger.scalars(
             step + 1,
             loss=step_loss,
@@ -455,15 +459,17 @@ def sample_images(
     pipe = model.pipeline()
     pipe.set_progress_bar_config(disable=True)
     rows = []
+    half = model.unet.dtype != torch.float32  # frozen weights in bf16/fp16: the VAE stays fp32
     for prompt in prompts:
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-        result = pipe(
-            [prompt] * len(seeds),
-            num_inference_steps=steps,
-            height=resolution,
-            width=resolution,
-            generator=generators,
-        )
+        with torch.autocast(model.unet.device.type, dtype=model.unet.dtype, enabled=half):
+            result = pipe(
+                [prompt] * len(seeds),
+                num_inference_steps=steps,
+                height=resolution,
+                width=resolution,
+                generator=generators,
+            )
         rows.append(list(result.images))
     return rows
 
