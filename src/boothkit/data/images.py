@@ -121,6 +121,13 @@ _ORIENTATIONS: dict[int, tuple[Image.Transpose, str]] = {
     8: (Image.Transpose.ROTATE_90, "rotated 90° counter-clockwise"),
 }
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "La", "RGBa"})
+_MODE_NAMES = {
+    "L": "grayscale (L)",
+    "LA": "grayscale with alpha (LA)",
+    "La": "grayscale with alpha (La)",
+    "PA": "palette with alpha (PA)",
+    "1": "black-and-white (1-bit)",
+}
 _COLOR_NAMES = {
     "white": (255, 255, 255),
     "black": (0, 0, 0),
@@ -362,10 +369,12 @@ def _open_formats() -> tuple[str, ...]:
     return tuple(f for f in PHOTO_FORMATS if f in Image.OPEN)
 
 
-def _bomb_reason(pixels: int, size: str) -> str:
+def _bomb_reason(pixels: int, size: str | None = None) -> str:
+    """The reason for a decompression bomb; `size` ("WxH") when known, else the pixel count."""
     limit = Image.MAX_IMAGE_PIXELS or 0
+    declared = f"{size} pixels" if size else f"{pixels:,} pixels"
     return (
-        f"declares {size} pixels ({pixels / 1e6:.0f} megapixels), above the {limit / 1e6:.0f}-megapixel "
+        f"declares {declared} ({pixels / 1e6:.0f} megapixels), above the {limit / 1e6:.0f}-megapixel "
         "decompression-bomb limit: not decoded"
     )
 
@@ -387,11 +396,11 @@ def _opened(path: Path) -> Iterator[ImageFile.ImageFile]:
     except Image.DecompressionBombError as e:
         found = re.search(r"\((\d+) pixels\)", str(e))
         raise _Unusable(
-            _bomb_reason(int(found.group(1)), "that many") if found else f"{e}: not decoded"
+            _bomb_reason(int(found.group(1))) if found else f"{e}: not decoded"
         ) from None
     except UnidentifiedImageError:
         raise _Unusable(_describe_content(sniffed.head)) from None
-    except Exception as e:  # noqa: BLE001 - Pillow's header parsers raise many types on bad input
+    except Exception as e:  # Pillow's header parsers raise many types on bad input
         raise _Unusable(f"unreadable image header ({type(e).__name__}: {e})") from None
     with image:
         yield image
@@ -408,11 +417,13 @@ def _check_bomb(image: Image.Image) -> None:
 def _extra_frames(image: Image.Image) -> str | None:
     """A warning when only the first of several frames will be used."""
     # Phone and camera JPEGs often carry a depth map or preview as an MPO second frame: not animation.
-    if image.format == "MPO" or not getattr(image, "is_animated", False):
+    if image.format == "MPO":
         return None
     try:
-        frames = f"{image.n_frames} frames"
-    except Exception:  # noqa: BLE001 - counting frames parses them; a bad late frame is not our problem
+        if not getattr(image, "is_animated", False):
+            return None
+        frames = f"{getattr(image, 'n_frames', 2)} frames"
+    except Exception:  # counting frames parses them; a bad later frame is no concern here
         frames = "several frames"
     kind = "multi-page" if image.format == "TIFF" else "animated"
     return f"{kind} ({frames}): only the first frame is used"
@@ -423,7 +434,7 @@ def _decode_pixels(image: ImageFile.ImageFile) -> None:
     try:
         image.seek(0)
         image.load()
-    except Exception as e:  # noqa: BLE001 - decoders raise OSError, SyntaxError, EOFError, struct.error...
+    except Exception as e:  # decoders raise OSError, SyntaxError, EOFError, struct.error...
         raise _Unusable(f"could not be decoded, the file is truncated or corrupt ({e})") from None
 
 
@@ -431,7 +442,7 @@ def _orientation(image: Image.Image) -> tuple[int | None, str | None]:
     """The EXIF orientation (2-8 when a transpose is needed), or a warning when EXIF is unreadable."""
     try:
         value = image.getexif().get(_ORIENTATION_TAG)
-    except Exception:  # noqa: BLE001 - malformed EXIF must not make a readable photo unusable
+    except Exception:  # malformed EXIF must not make a readable photo unusable
         return None, "EXIF data is malformed, so its orientation was not applied: check the photo is upright"
     return (value, None) if isinstance(value, int) and value in _ORIENTATIONS else (None, None)
 
@@ -477,18 +488,18 @@ def _to_rgb(image: Image.Image, background: tuple[int, int, int]) -> tuple[Image
         return image.convert("RGB"), ["converted palette image to RGB"]
     if mode in _ALPHA_MODES:
         rgb, fix = _composite(image, background)
-        return rgb, ([f"converted {mode} to RGB"] if mode in ("LA", "La", "PA") else []) + [fix]
+        done = [] if mode in ("RGBA", "RGBa") else [f"converted {_MODE_NAMES.get(mode, mode)} to RGB"]
+        return rgb, [*done, fix]
     if mode.startswith("I;16") or mode in ("I", "F"):
         bits = "16-bit" if mode.startswith("I;16") else "32-bit"
         return _sixteen_bit_to_rgb(image), [f"converted {bits} grayscale ({mode}) to 8-bit RGB"]
-    names = {"L": "grayscale (L)", "1": "black-and-white (1-bit)", "CMYK": "CMYK"}
     try:
         converted = image.convert("RGB")
     except ValueError:
         raise _Unusable(
             f"colour mode {mode} is not supported: save the image as an RGB JPEG or PNG"
         ) from None
-    return converted, [f"converted {names.get(mode, mode)} to RGB"]
+    return converted, [f"converted {_MODE_NAMES.get(mode, mode)} to RGB"]
 
 
 def _decode(path: Path, background: tuple[int, int, int]) -> _Decoded:
@@ -723,6 +734,11 @@ def _check_image(entry: _Entry, policy: _Policy, seen: _Seen) -> FileReport:
     return FileReport(name, "accepted", "")
 
 
+def _path_order(rel: str) -> tuple[tuple[str, str], ...]:
+    """Sort key: folder by folder, case-insensitively (exact case breaks ties), like file managers."""
+    return tuple((part.casefold(), part) for part in PurePosixPath(rel).parts)
+
+
 def check_folder(
     folder: str | Path,
     *,
@@ -748,7 +764,7 @@ def check_folder(
         raise BoothkitError(f"resolution must be a positive number of pixels, got {resolution}")
     policy = _Policy(resolution, max(16, resolution // 8) if min_side is None else min_side, alpha_background)
     entries, reports = _walk(root)
-    entries.sort(key=lambda e: e.rel.parts)
+    entries.sort(key=lambda e: _path_order(e.rel.as_posix()))
     stems = _image_stems(entries)
     seen = _Seen()
     for entry in entries:
@@ -760,5 +776,5 @@ def check_folder(
             reports.append(FileReport(entry.rel.as_posix(), "ignored", ignored))
         else:
             reports.append(_check_image(entry, policy, seen))
-    reports.sort(key=lambda r: PurePosixPath(r.file).parts)
+    reports.sort(key=lambda r: _path_order(r.file))
     return CheckReport(root, tuple(reports))
