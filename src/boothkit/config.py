@@ -112,7 +112,17 @@ class TrainConfig:
     sample_prompts: tuple[str, ...] = _opt("validation prompts", default=DEFAULT_VALIDATION_PROMPTS)
     sample_seeds: tuple[int, ...] = _opt("validation seeds", default=(0, 1))
     sample_steps: int = _opt("sampling steps for validation images", default=25)
-    checkpoint_every: int = _opt("save the adapter every N steps (0: only at the end)", default=0)
+    checkpoint_every: int = _opt(
+        "save a resumable checkpoint every N steps (0: only on interrupt)", default=0
+    )
+    keep_checkpoints: int | None = _opt("keep only the newest K checkpoints (default: all)", default=None)
+    resume: str | None = _opt("continue a run: its folder, or 'latest' for --output", default=None)
+    force_resume: bool = _opt("resume even if the config or the images changed", default=False)
+    max_nan_steps: int = _opt("stop after this many consecutive non-finite steps", default=5)
+    auto_batch_size: bool = _opt("on out-of-memory, halve the batch and double accumulation", default=False)
+    allow_pickle: bool = _opt(
+        "allow pickle checkpoints (.ckpt/.pt/.bin), loaded with weights_only", default=False
+    )
     device: str = _opt("cpu, cuda, cuda:1 or auto", default="auto")
 
     def __post_init__(self) -> None:
@@ -157,6 +167,8 @@ def _validate(c: TrainConfig) -> None:
     ):
         if getattr(c, name) < 0:
             raise BoothkitError(f"--{flag_name(name)} must be >= 0, got {getattr(c, name)}")
+    _positive("keep_checkpoints", c.keep_checkpoints, what="a positive integer")
+    _positive("max_nan_steps", c.max_nan_steps, what="a positive integer")
     if c.prior_weight < 0:
         raise BoothkitError(f"--prior-weight must be >= 0, got {c.prior_weight}")
     if not 0 <= c.lora_dropout < 1:

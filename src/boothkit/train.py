@@ -20,12 +20,14 @@ from typing import Any
 
 import torch
 
+from boothkit.checkpoint import LoopState, named_trainable
 from boothkit.config import TrainConfig, to_toml
 from boothkit.data.cache import CachedImage, encode_images, encode_prompt_set
 from boothkit.errors import BoothkitError
 from boothkit.families import Conditioning, Family, LoadOptions, load_model
 from boothkit.io import atomic_save_image, atomic_write_json, atomic_write_text
 from boothkit.losses import (
+    LossTerms,
     compute_snr,
     dreambooth_loss,
     min_snr_weights,
@@ -201,38 +203,62 @@ def batch_latents(
 # ----------------------------------------------------------------------------- the loop
 
 
-def train(
-    config: TrainConfig,
-    *,
-    model: Family | None = None,
-    progress: bool = True,
-    log: Callable[[str], None] = print,
-) -> TrainResult:
-    """Run DreamBooth training as configured. `model` may be passed pre-loaded (it is trained in place)."""
+@dataclass
+class Run:
+    """Everything the loop needs, prepared once."""
+
+    config: TrainConfig
+    out: Path
+    model: Family
+    method: TrainingMethod
+    device: torch.device
+    weight_dtype: torch.dtype
+    accelerator: Any
+    instances: list[CachedImage]
+    priors: list[CachedImage]
+    embeddings: dict[str, Conditioning]
+    params: list[torch.nn.Parameter]
+    optimizer: Any
+    lr_scheduler: Any
+    resolution: int
+    images: list[Path]
+    prior_paths: list[Path]
+    warnings: list[str]
+
+    def trainable_modules(self) -> dict[str, torch.nn.Module]:
+        names = ["unet", *self.model.text_encoder_lora_prefixes()]
+        return dict(zip(names, [self.model.unet, *self.model.text_encoders], strict=True))
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        return {name: p.detach() for name, p in named_trainable(self.trainable_modules())}
+
+
+def prepare(config: TrainConfig, model: Family | None, log: Callable[[str], None]) -> Run:
+    """Check photos, load the model, make or reuse class images, cache latents, set up the method."""
     from accelerate import Accelerator
-    from tqdm.auto import tqdm
+    from accelerate.state import AcceleratorState
 
-    from boothkit.data.captions import instance_prompts
+    from boothkit.data.captions import instance_prompts, render_prompt
+    from boothkit.data.images import parse_color
 
-    started = time.time()
     out = Path(config.output).expanduser()
     images = check_instance_images(config)  # before the model loads: bad photos fail in seconds
-    prepare_output(out)
-    _write_marker(out, "running", started=datetime.now(timezone.utc).isoformat())
-    atomic_write_text(out / "config.toml", to_toml(config))
-
     device = resolve_device(config.device)
     if config.mixed_precision == "fp16" and device.type != "cuda":
         raise BoothkitError("--mixed-precision fp16 needs a CUDA device", hint="use bf16 or no on CPU")
-    from accelerate.state import AcceleratorState
-
     # accelerate keeps one global state per process; train() may run several times in one process.
     AcceleratorState._reset_state(reset_partial_state=True)
     accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=device.type == "cpu")
     weight_dtype = DTYPES[config.mixed_precision]
 
     if model is None:
-        options = LoadOptions(config.model_config, config.prediction_type, torch.float32, str(device))
+        options = LoadOptions(
+            config.model_config,
+            config.prediction_type,
+            torch.float32,
+            str(device),
+            allow_pickle=config.allow_pickle,
+        )
         model = load_model(config.model, options)
     warnings = token_warnings(model, config.token)
     for w in warnings:
@@ -245,19 +271,11 @@ def train(
 
     # Prior images are made by the base model, before any adapter is attached.
     prior_paths = class_images(config, model, resolution) if config.uses_prior else []
-
+    folder = Path(config.images).expanduser()
     prompts = instance_prompts(
-        images,
-        Path(config.images).expanduser(),
-        template=config.instance_prompt,
-        token=config.token,
-        class_noun=config.class_noun,
+        images, folder, template=config.instance_prompt, token=config.token, class_noun=config.class_noun
     )
-    from boothkit.data.captions import render_prompt
-
     class_prompt = render_prompt(config.class_prompt, token=config.token, class_noun=config.class_noun)
-    from boothkit.data.images import parse_color
-
     bg = parse_color(config.alpha_background)
     instances = encode_images(
         model,
@@ -293,119 +311,405 @@ def train(
             for encoder in model.text_encoders:
                 encoder.gradient_checkpointing_enable()
     model.unet.train()
-    params = [p for g in groups for p in g["params"]]
-
-    optimizer = make_optimizer(groups, config)
     from diffusers.optimization import get_scheduler
 
+    optimizer = make_optimizer(groups, config)
     lr_scheduler = get_scheduler(
         config.lr_schedule, optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=config.steps
     )
-    optimizer = accelerator.prepare_optimizer(optimizer)  # grad scaler for fp16, nothing on CPU
+    optimizer = accelerator.prepare_optimizer(optimizer)  # a grad scaler for fp16; nothing on CPU
+    params = [p for g in groups for p in g["params"]]
+    return Run(
+        config,
+        out,
+        model,
+        method,
+        device,
+        weight_dtype,
+        accelerator,
+        instances,
+        priors,
+        embeddings,
+        params,
+        optimizer,
+        lr_scheduler,
+        resolution,
+        images,
+        prior_paths,
+        warnings,
+    )
 
-    metadata = run_metadata(config, model, images, resolution)
-    logger = RunLogger(out)
+
+def micro_step(run: Run, batch: list[CachedImage], generator: torch.Generator, accum: int) -> LossTerms:
+    """Forward and backward for one micro-batch; gradients accumulate in the trainable parameters."""
+    model, config, device = run.model, run.config, run.device
+    latents, time_ids = batch_latents(batch, model, generator, config.flip)  # (N, C, h, w), (N, k)
+    latents = latents.to(device)
+    noise = sample_noise(latents, generator, offset=config.noise_offset)
+    timesteps = sample_timesteps(len(batch), model.noise_scheduler.config.num_train_timesteps, generator).to(
+        device
+    )
+    noisy = model.noise_scheduler.add_noise(latents, noise, timesteps)
+    target = training_target(model.noise_scheduler, latents, noise, timesteps)
+    texts = [item.prompt for item in batch]
+    is_prior = torch.tensor([item.is_prior for item in batch], device=device)
+    with run.accelerator.autocast():
+        cond = (
+            model.encode_prompts(texts)
+            if run.method.trains_text_encoder
+            else Conditioning.cat([run.embeddings[t] for t in texts]).to(device, run.weight_dtype)
+        )
+        prediction = model.predict(noisy.to(run.weight_dtype), timesteps, cond, time_ids)
+    weights = None
+    if config.snr_gamma:
+        snr = compute_snr(model.noise_scheduler.alphas_cumprod, timesteps)
+        weights = min_snr_weights(snr, config.snr_gamma, model.prediction_type)
+    terms = dreambooth_loss(prediction, target, is_prior, prior_weight=config.prior_weight, weights=weights)
+    run.accelerator.backward(terms.total / accum)
+    return terms
+
+
+def is_oom(error: BaseException) -> bool:
+    return isinstance(error, torch.cuda.OutOfMemoryError) or (
+        isinstance(error, RuntimeError)
+        and ("out of memory" in str(error) or "can't allocate memory" in str(error))
+    )
+
+
+def oom_message(run: Run, loop: LoopState) -> BoothkitError:
+    c = run.config
+    remedies = []
+    if not c.gradient_checkpointing:
+        remedies.append("--gradient-checkpointing")
+    if c.mixed_precision == "no" and run.device.type == "cuda":
+        remedies.append("--mixed-precision bf16 (or fp16 on older GPUs)")
+    if not c.adam_8bit and run.device.type == "cuda":
+        remedies.append("--adam-8bit (pip install bitsandbytes)")
+    if loop.batch_size > 1:
+        remedies.append(
+            f"--batch-size {max(1, loop.batch_size // 2)} --grad-accum {loop.grad_accum * 2} "
+            "(same effective batch), or --auto-batch-size"
+        )
+    remedies.append(f"a lower --resolution than {run.resolution}")
+    if c.method != "lora":
+        remedies.append("--method lora (trains far fewer weights)")
+    if c.train_text_encoder:
+        remedies.append("drop --train-text-encoder (cached prompt embeddings need no encoder in memory)")
+    return BoothkitError(
+        f"out of memory at step {loop.step + 1} (method {c.method}, batch {loop.batch_size} instance + "
+        f"{loop.batch_size if run.priors else 0} class images, resolution {run.resolution}, precision "
+        f"{c.mixed_precision}, device {run.device}; latents and prompt embeddings are already cached)",
+        hint="try " + "; ".join(remedies),
+    )
+
+
+class _StopFlag:
+    """SIGINT/SIGTERM set a flag; the loop finishes its step, saves a checkpoint and stops cleanly."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopFlag:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signal is not None:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    def __exit__(self, *exc: object) -> None:
+        import signal
+
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _manifest(run: Run) -> dict[str, Any]:
+    import dataclasses as dc
+
+    return {
+        "config": {k: v for k, v in dc.asdict(run.config).items()},
+        "images_hash": images_hash(run.images),
+        "class_images_hash": images_hash(run.prior_paths) if run.prior_paths else "",
+        "model_fingerprint": run.model.source.fingerprint,
+    }
+
+
+def _resume_point(config: TrainConfig, out: Path) -> Path | None:
+    """The checkpoint to resume from, or None for a fresh run; never silently starts over."""
+    if config.resume is None:
+        return None
+    run_dir = out if config.resume == "latest" else Path(config.resume).expanduser()
+    if run_dir.resolve() != out.resolve():
+        raise BoothkitError(
+            f"--resume {run_dir} differs from --output {out}", hint="resume writes into the run it continues"
+        )
+    from boothkit.checkpoint import latest_checkpoint, remove_partials
+
+    remove_partials(run_dir)
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is None:
+        raise BoothkitError(
+            f"--resume {run_dir}: no complete checkpoint to resume from; nothing was changed",
+            hint="checkpoints are written every --checkpoint-every steps and on Ctrl-C",
+        )
+    return ckpt
+
+
+def _restore(run: Run, ckpt_path: Path, generator: torch.Generator) -> LoopState:
+    from boothkit.checkpoint import config_differences, load_checkpoint, restore_rng
+
+    ckpt = load_checkpoint(ckpt_path)
+    current = _manifest(run)
+    problems = config_differences(ckpt.manifest.get("config", {}), current["config"])
+    if ckpt.manifest.get("images_hash") != current["images_hash"]:
+        problems.append("the instance images changed")
+    if ckpt.manifest.get("class_images_hash") != current["class_images_hash"]:
+        problems.append("the class images changed")
+    if ckpt.manifest.get("model_fingerprint") != current["model_fingerprint"]:
+        problems.append("the base model changed")
+    if problems and not run.config.force_resume:
+        raise BoothkitError(
+            f"refusing to resume from {ckpt_path}: " + "; ".join(problems),
+            hint="resume with the same settings and images, or pass --force-resume to continue anyway",
+        )
+    params = dict(named_trainable(run.trainable_modules()))
+    missing = set(params) ^ set(ckpt.trainable)
+    if missing:
+        raise BoothkitError(
+            f"checkpoint {ckpt_path} does not fit this run's trainable weights "
+            f"({len(missing)} names differ, e.g. {sorted(missing)[0]})"
+        )
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(ckpt.trainable[name].to(p.device, p.dtype))
+    run.optimizer.load_state_dict(ckpt.optimizer)
+    run.lr_scheduler.load_state_dict(ckpt.lr_scheduler)
+    if ckpt.scaler is not None and run.accelerator.scaler is not None:
+        run.accelerator.scaler.load_state_dict(ckpt.scaler)
+    restore_rng(generator, ckpt.rng_tensors, ckpt.rng_plain)
+    return ckpt.loop
+
+
+def train(
+    config: TrainConfig,
+    *,
+    model: Family | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> TrainResult:
+    """Run DreamBooth training as configured. `model` may be passed pre-loaded (it is trained in place)."""
+    from tqdm.auto import tqdm
+
+    from boothkit.checkpoint import fault_point, save_checkpoint
+
+    started = time.time()
+    out = Path(config.output).expanduser()
+    resume_from = _resume_point(config, out)
+    if resume_from is None:
+        check_instance_images(config)
+        prepare_output(out)
+    run = prepare(config, model, log)
+    model = run.model
+    estimate_disk(run)
+    _write_marker(out, "running", started=datetime.now(timezone.utc).isoformat())
+    atomic_write_text(out / "config.toml", to_toml(config))
+
     generator = torch.Generator().manual_seed(config.seed)
-    alphas_cumprod = model.noise_scheduler.alphas_cumprod
-    num_t = model.noise_scheduler.config.num_train_timesteps
-    B = config.batch_size
+    loop = LoopState(step=0, batch_size=config.batch_size, grad_accum=config.grad_accum)
+    if resume_from is not None:
+        loop = _restore(run, resume_from, generator)
+        log(f"resuming from {resume_from} (step {loop.step} of {config.steps})")
+    logger = RunLogger(out, truncate_after=loop.step)
+    metadata = run_metadata(config, model, run.images, run.resolution)
     sample_files: list[Path] = []
     loss_value = math.nan
+    consecutive_bad = 0
 
-    bar = tqdm(range(config.steps), desc="training", unit="step", disable=not progress, dynamic_ncols=True)
-    for step in bar:
-        step_loss = step_instance = step_prior = 0.0
-        for micro in range(config.grad_accum):
-            position = (step * config.grad_accum + micro) * B
-            batch = [instances[i] for i in take(len(instances), config.seed, position, B)]
-            if priors:
-                batch += [priors[i] for i in take(len(priors), config.seed + 1, position, B)]
-            latents, time_ids = batch_latents(batch, model, generator, config.flip)  # (2B, C, h, w)
-            latents = latents.to(device)
-            noise = sample_noise(latents, generator, offset=config.noise_offset)
-            timesteps = sample_timesteps(len(batch), num_t, generator).to(device)
-            noisy = model.noise_scheduler.add_noise(latents, noise, timesteps)
-            target = training_target(model.noise_scheduler, latents, noise, timesteps)
-            texts = [item.prompt for item in batch]
-            is_prior = torch.tensor([item.is_prior for item in batch], device=device)
-            with accelerator.autocast():
-                cond = (
-                    model.encode_prompts(texts)
-                    if method.trains_text_encoder
-                    else Conditioning.cat([embeddings[t] for t in texts]).to(device, weight_dtype)
-                )
-                prediction = model.predict(noisy.to(weight_dtype), timesteps, cond, time_ids)
-            weights = None
-            if config.snr_gamma:
-                weights = min_snr_weights(
-                    compute_snr(alphas_cumprod, timesteps), config.snr_gamma, model.prediction_type
-                )
-            terms = dreambooth_loss(
-                prediction, target, is_prior, prior_weight=config.prior_weight, weights=weights
-            )
-            accelerator.backward(terms.total / config.grad_accum)
-            step_loss += terms.total.item() / config.grad_accum
-            step_instance += terms.instance.item() / config.grad_accum
-            step_prior += (terms.prior.item() if terms.prior is not None else 0.0) / config.grad_accum
-        grad_norm = (
-            float(accelerator.clip_grad_norm_(params, config.max_grad_norm))
-            if config.max_grad_norm
-            else math.nan
+    def checkpoint() -> Path:
+        return save_checkpoint(
+            out,
+            loop,
+            trainable=run.trainable_state(),
+            optimizer=run.optimizer,
+            lr_scheduler=run.lr_scheduler,
+            scaler=run.accelerator.scaler,
+            generator=generator,
+            manifest=_manifest(run),
+            keep=config.keep_checkpoints,
         )
-        lr = float(lr_scheduler.get_last_lr()[0])  # the rate this step used
-        optimizer.step()
-        lr_scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
 
-        loss_value = step_loss
-        logger.scalars(
-            step + 1,
-            loss=step_loss,
-            instance_loss=step_instance,
-            prior_loss=step_prior if priors else None,
-            lr=lr,
-            grad_norm=grad_norm,
-        )
-        bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}")
-        done = step + 1
-        if config.sample_every and done % config.sample_every == 0 and done != config.steps:
-            sample_files.append(
-                save_samples(model, config, resolution, out / "samples" / f"step-{done:06d}.png", done)
-            )
-        if config.checkpoint_every and done % config.checkpoint_every == 0 and done != config.steps:
-            method.save(
-                model, out / "checkpoints" / f"step-{done:06d}", {**metadata, "boothkit_step": str(done)}
-            )
+    bar = tqdm(
+        total=config.steps,
+        initial=loop.step,
+        desc="training",
+        unit="step",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    with _StopFlag() as stop:
+        while loop.step < config.steps:
+            step_start_rng = generator.get_state()
+            try:
+                terms = []
+                for micro in range(loop.grad_accum):
+                    B = loop.batch_size
+                    position = (loop.step * loop.grad_accum + micro) * B
+                    batch = [run.instances[i] for i in take(len(run.instances), config.seed, position, B)]
+                    if run.priors:
+                        batch += [run.priors[i] for i in take(len(run.priors), config.seed + 1, position, B)]
+                    terms.append(micro_step(run, batch, generator, loop.grad_accum))
+                    if micro == 0 and loop.grad_accum > 1:
+                        fault_point("micro", loop.step + 1)
+            except Exception as e:
+                if not is_oom(e):
+                    raise
+                run.optimizer.zero_grad(set_to_none=True)
+                if not (config.auto_batch_size and loop.batch_size > 1):
+                    raise oom_message(run, loop) from None
+                # Same effective batch, same data order: halve the batch, double the accumulation.
+                loop.batch_size //= 2
+                loop.grad_accum *= 2
+                generator.set_state(step_start_rng)
+                log(
+                    f"out of memory: retrying with --batch-size {loop.batch_size} --grad-accum {loop.grad_accum}"
+                )
+                continue
+
+            step_loss = sum(t.total.item() for t in terms) / len(terms)
+            grads_finite = all(bool(torch.isfinite(p.grad).all()) for p in run.params if p.grad is not None)
+            finite = math.isfinite(step_loss) and grads_finite
+            grad_norm = math.nan
+            if finite and config.max_grad_norm:
+                grad_norm = float(run.accelerator.clip_grad_norm_(run.params, config.max_grad_norm))
+            lr = float(run.lr_scheduler.get_last_lr()[0])  # the rate this step used
+            if finite:
+                run.optimizer.step()
+                run.lr_scheduler.step()
+                consecutive_bad = 0
+            else:
+                # A non-finite loss or gradient: skip the update, weights untouched.
+                loop.skipped_steps += 1
+                consecutive_bad += 1
+            run.optimizer.zero_grad(set_to_none=True)
+            loop.step += 1
+            bar.update(1)
+
+            if finite:
+                loss_value = step_loss
+                instance = sum(t.instance.item() for t in terms) / len(terms)
+                prior = (
+                    sum(t.prior.item() for t in terms if t.prior is not None) / len(terms)
+                    if run.priors
+                    else None
+                )
+                logger.scalars(
+                    loop.step,
+                    loss=step_loss,
+                    instance_loss=instance,
+                    prior_loss=prior,
+                    lr=lr,
+                    grad_norm=grad_norm,
+                )
+                bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{lr:.2e}")
+            else:
+                logger.scalars(loop.step, skipped=1.0, skipped_total=float(loop.skipped_steps))
+                log(
+                    f"warning: step {loop.step}: non-finite loss or gradient, update skipped "
+                    f"({loop.skipped_steps} skipped so far)"
+                )
+                if consecutive_bad >= config.max_nan_steps:
+                    bar.close()
+                    logger.close()
+                    _write_marker(out, "failed", reason="non-finite loss")
+                    from boothkit.checkpoint import latest_checkpoint
+
+                    last = latest_checkpoint(out)
+                    raise BoothkitError(
+                        f"{consecutive_bad} consecutive steps had a non-finite loss or gradient (step {loop.step}); "
+                        f"stopped. Last good checkpoint: {last or 'none'}",
+                        hint="likely causes: fp16 overflow (try --mixed-precision bf16), a learning rate too "
+                        f"high (--lr {config.lr}: try {config.lr / 10:g}), or the SDXL VAE in fp16",
+                    )
+
+            done = loop.step
+            if config.sample_every and done % config.sample_every == 0 and done != config.steps:
+                sample_files.append(
+                    save_samples(
+                        model, config, run.resolution, out / "samples" / f"step-{done:06d}.png", done
+                    )
+                )
+            if (config.checkpoint_every and done % config.checkpoint_every == 0) or stop.signal is not None:
+                path = checkpoint()
+                if stop.signal is not None:
+                    bar.close()
+                    logger.close()
+                    _write_marker(out, "interrupted", step=done)
+                    raise BoothkitError(
+                        f"stopped at step {done} of {config.steps}; checkpoint saved in {path}",
+                        hint=f"continue with: boothkit train --resume {out}",
+                    )
     bar.close()
 
     model.unet.eval()
-    weights_files = method.save(model, out, {**metadata, "boothkit_step": str(config.steps)})
+    weights_files = run.method.save(model, out, {**metadata, "boothkit_step": str(config.steps)})
     sample_files.append(
         save_samples(
-            model, config, resolution, out / "samples" / f"step-{config.steps:06d}.png", config.steps
+            model, config, run.resolution, out / "samples" / f"step-{config.steps:06d}.png", config.steps
         )
     )
     logger.close()
     curve = logger.plot(out / "loss.png")
     seconds = time.time() - started
-    result = TrainResult(out, weights_files, config.steps, seconds, loss_value, sample_files, warnings)
+    result = TrainResult(out, weights_files, config.steps, seconds, loss_value, sample_files, run.warnings)
     summary = {
         "steps": config.steps,
         "seconds": round(seconds, 2),
         "final_loss": loss_value,
+        "skipped_steps": loop.skipped_steps,
         "family": model.name,
         "prediction_type": model.prediction_type,
-        "resolution": resolution,
-        "instance_images": [str(p) for p in images],
-        "class_images": len(prior_paths),
+        "resolution": run.resolution,
+        "instance_images": [str(p) for p in run.images],
+        "class_images": len(run.prior_paths),
         "weights": [str(p) for p in weights_files],
         "samples": [str(p) for p in sample_files],
         "loss_curve": str(curve),
-        "warnings": warnings,
+        "warnings": run.warnings,
     }
     atomic_write_json(out / "summary.json", summary)
     _write_marker(out, "complete", finished=datetime.now(timezone.utc).isoformat())
     return result
+
+
+def estimate_disk(run: Run) -> int:
+    """Refuse to start when the disk can't hold what the run will write; returns the estimate."""
+    import shutil
+
+    c = run.config
+    trainable = sum(p.numel() * 4 for p in run.params)
+    per_checkpoint = trainable * 3 + (1 << 16)  # weights + two Adam moments + small files
+    checkpoints = 0
+    if c.checkpoint_every:
+        count = c.steps // c.checkpoint_every
+        checkpoints = min(count, c.keep_checkpoints or count) + 1
+    grid = (run.resolution**2) * 3 * max(1, len(c.sample_prompts) * len(c.sample_seeds))
+    samples = grid * (1 + (c.steps // c.sample_every if c.sample_every else 0))
+    needed = trainable + per_checkpoint * checkpoints + samples + (1 << 20)
+    free = shutil.disk_usage(run.out if run.out.exists() else run.out.parent).free
+    if free < needed:
+        raise BoothkitError(
+            f"not enough disk space in {run.out}: the run needs about {needed:,} bytes, {free:,} are free",
+            hint="free some space, choose another --output, or keep fewer checkpoints (--keep-checkpoints)",
+        )
+    return needed
 
 
 def make_optimizer(groups: list[dict[str, Any]], config: TrainConfig) -> torch.optim.Optimizer:
@@ -494,11 +798,21 @@ def save_samples(model: Family, config: TrainConfig, resolution: int, path: Path
 class RunLogger:
     """Scalars to a JSONL file and TensorBoard; the loss curve at the end."""
 
-    def __init__(self, out: Path) -> None:
+    def __init__(self, out: Path, *, truncate_after: int = 0) -> None:
         (out / "logs").mkdir(parents=True, exist_ok=True)
         self.path = out / "logs" / "train.jsonl"
-        self.file = self.path.open("a", encoding="utf-8")
+        # On resume, rows logged after the checkpoint were undone: drop them so the log reads as one run.
         self.history: list[dict[str, Any]] = []
+        if self.path.exists():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:  # a line cut short by a crash
+                    continue
+                if row.get("step", 0) <= truncate_after:
+                    self.history.append(row)
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.history))
+        self.file = self.path.open("a", encoding="utf-8")
         self.start = time.time()
         try:
             from torch.utils.tensorboard import SummaryWriter

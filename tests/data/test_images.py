@@ -51,7 +51,12 @@ def bomb_png(width: int, height: int) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(16))) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(bytes(16)))
+        + chunk(b"IEND", b"")
+    )
 
 
 def half_transparent(seed: int) -> Image.Image:
@@ -62,13 +67,17 @@ def half_transparent(seed: int) -> Image.Image:
     return Image.fromarray(array)
 
 
-def build_zoo(folder: Path) -> None:  # noqa: PLR0915 - one line per kind of file reads best
+def build_zoo(folder: Path) -> None:
     """One file of each kind check_folder must handle."""
     folder.mkdir()
     upright = pattern(1, (96, 64))
-    upright.transpose(Image.Transpose.ROTATE_90).save(folder / "phone_sideways.jpg", quality=95, subsampling=0, exif=exif_with_orientation(6))
+    upright.transpose(Image.Transpose.ROTATE_90).save(
+        folder / "phone_sideways.jpg", quality=95, subsampling=0, exif=exif_with_orientation(6)
+    )
     other = pattern(32, (96, 64))
-    other.transpose(Image.Transpose.ROTATE_270).save(folder / "rotated.webp", lossless=True, exif=exif_with_orientation(8))
+    other.transpose(Image.Transpose.ROTATE_270).save(
+        folder / "rotated.webp", lossless=True, exif=exif_with_orientation(8)
+    )
     pattern(2).convert("CMYK").save(folder / "cmyk.jpg", quality=95)
     pattern(3).convert("L").save(folder / "gray.png")
     gray_alpha = pattern(4).convert("LA")
@@ -200,7 +209,9 @@ def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
 
 
 @pytest.fixture(scope="module")
-def zoo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, CheckReport, dict[str, tuple[bytes, int]], dict[str, tuple[bytes, int]]]:
+def zoo(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, CheckReport, dict[str, tuple[bytes, int]], dict[str, tuple[bytes, int]]]:
     folder = tmp_path_factory.mktemp("zoo") / "photos"
     build_zoo(folder)
     before = snapshot(folder)
@@ -264,7 +275,11 @@ def test_format_and_json(zoo) -> None:
     file_columns = {line.index(e.file) for line, e in zip(lines[1:-1], report.entries, strict=True)}
     assert file_columns == {12}  # status padded to one width, so file names line up
     rows = report.to_json()
-    assert rows[0] == {"file": report.entries[0].file, "status": report.entries[0].status, "reason": report.entries[0].reason}
+    assert rows[0] == {
+        "file": report.entries[0].file,
+        "status": report.entries[0].status,
+        "reason": report.entries[0].reason,
+    }
     assert {tuple(r) for r in rows} == {("file", "status", "reason")}
 
 
@@ -323,7 +338,12 @@ def test_truncation_is_found_by_decoding_with_truncated_loading_off() -> None:
 
 @pytest.mark.parametrize(
     ("name", "phrase"),
-    [("notes.jpg", "a text file"), ("truncated.jpg", "truncated"), ("bomb.png", "decompression-bomb"), ("missing.png", "does not exist")],
+    [
+        ("notes.jpg", "a text file"),
+        ("truncated.jpg", "truncated"),
+        ("bomb.png", "decompression-bomb"),
+        ("missing.png", "does not exist"),
+    ],
 )
 def test_load_image_names_the_file_it_cannot_use(zoo, name: str, phrase: str) -> None:
     folder, _, _, _ = zoo
@@ -347,7 +367,9 @@ def _forbid_decoding(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return calls
 
 
-def test_bomb_is_rejected_from_its_header_without_decoding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bomb_is_rejected_from_its_header_without_decoding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     folder = tmp_path / "bombs"
     folder.mkdir()
     (folder / "huge.png").write_bytes(bomb_png(30000, 30000))  # > 2x the limit: Pillow refuses at open
@@ -357,7 +379,9 @@ def test_bomb_is_rejected_from_its_header_without_decoding(tmp_path: Path, monke
     assert calls == []
 
 
-def test_bomb_between_one_and_two_limits_is_rejected_by_our_header_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bomb_between_one_and_two_limits_is_rejected_by_our_header_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     folder = tmp_path / "bombs"
     folder.mkdir()
     pattern(31, (200, 200)).save(folder / "big.png")  # 40000 px, with the limit at 30000
@@ -368,7 +392,9 @@ def test_bomb_between_one_and_two_limits_is_rejected_by_our_header_check(tmp_pat
     assert calls == []
 
 
-def test_heic_with_pillow_heif_registers_its_opener_lazily(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_heic_with_pillow_heif_registers_its_opener_lazily(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     folder = tmp_path / "heic"
     folder.mkdir()
     (folder / "IMG_1234.HEIC").write_bytes(HEIC_BYTES)
@@ -384,7 +410,9 @@ def test_heic_with_pillow_heif_registers_its_opener_lazily(tmp_path: Path, monke
     assert registered == [True]  # once per process, not per file
 
 
-def test_heic_without_pillow_heif_says_how_to_install_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_heic_without_pillow_heif_says_how_to_install_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (tmp_path / "photo").write_bytes(HEIC_BYTES)
     monkeypatch.setitem(sys.modules, "pillow_heif", None)
     with pytest.raises(BoothkitError) as caught:
@@ -402,7 +430,10 @@ def test_perceptual_hash_separates_distinct_photos_and_matches_copies() -> None:
     assert hamming(perceptual_hash(base), perceptual_hash(smaller)) <= images.DUPLICATE_DISTANCE
     assert hamming(perceptual_hash(base), perceptual_hash(brighter)) <= images.DUPLICATE_DISTANCE
     for seed in range(51, 56):
-        assert hamming(perceptual_hash(base), perceptual_hash(pattern(seed, (128, 96)))) > images.DUPLICATE_DISTANCE
+        assert (
+            hamming(perceptual_hash(base), perceptual_hash(pattern(seed, (128, 96))))
+            > images.DUPLICATE_DISTANCE
+        )
 
 
 def test_check_folder_refuses_a_missing_folder_or_a_file(tmp_path: Path) -> None:
@@ -422,8 +453,14 @@ def test_empty_folder_reports_nothing(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("text", "rgb"),
-    [("white", (255, 255, 255)), ("Black", (0, 0, 0)), ("#FF8000", (255, 128, 0)), ("#f80", (255, 136, 0)),
-     ("10, 20,30", (10, 20, 30)), ("red", (255, 0, 0))],
+    [
+        ("white", (255, 255, 255)),
+        ("Black", (0, 0, 0)),
+        ("#FF8000", (255, 128, 0)),
+        ("#f80", (255, 136, 0)),
+        ("10, 20,30", (10, 20, 30)),
+        ("red", (255, 0, 0)),
+    ],
 )
 def test_parse_color(text: str, rgb: tuple[int, int, int]) -> None:
     assert parse_color(text) == rgb

@@ -31,7 +31,9 @@ def default_step(resolution: int) -> int:
     raise BoothkitError(f"resolution {resolution} must be a multiple of 8", hint="use e.g. 512, 768 or 1024")
 
 
-def make_buckets(resolution: int, *, step: int | None = None, max_aspect: float = 2.0) -> list[tuple[int, int]]:
+def make_buckets(
+    resolution: int, *, step: int | None = None, max_aspect: float = 2.0
+) -> list[tuple[int, int]]:
     """(width, height) pairs, sorted from tallest to widest, always including (resolution, resolution).
 
     Each side is a multiple of `step` (default: default_step), each bucket holds at most

@@ -395,9 +395,7 @@ def _opened(path: Path) -> Iterator[ImageFile.ImageFile]:
             image = Image.open(path, formats=formats)
     except Image.DecompressionBombError as e:
         found = re.search(r"\((\d+) pixels\)", str(e))
-        raise _Unusable(
-            _bomb_reason(int(found.group(1))) if found else f"{e}: not decoded"
-        ) from None
+        raise _Unusable(_bomb_reason(int(found.group(1))) if found else f"{e}: not decoded") from None
     except UnidentifiedImageError:
         raise _Unusable(_describe_content(sniffed.head)) from None
     except Exception as e:  # Pillow's header parsers raise many types on bad input

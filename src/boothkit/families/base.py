@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -131,4 +131,4 @@ class LoadOptions:
     prediction_type: PredictionType | None = None
     dtype: torch.dtype = torch.float32
     device: str = "cpu"
-    extra: dict[str, Any] = field(default_factory=dict)
+    allow_pickle: bool = False
