@@ -70,6 +70,18 @@ def _train(ns: argparse.Namespace) -> int:
     from boothkit.config import build_config, coerce_values, load_toml
 
     file_values = load_toml(ns.config) if ns.config else {}
+    resume = getattr(ns, "resume", None)
+    if resume and not ns.config:
+        # `--resume RUN` alone continues the run with the settings it was started with.
+        from pathlib import Path
+
+        run_dir = Path(getattr(ns, "output", None) or resume) if resume == "latest" else Path(resume)
+        if not (run_dir / "config.toml").is_file():
+            raise BoothkitError(f"--resume {resume}: {run_dir} is not a boothkit run folder (no config.toml)")
+        file_values = load_toml(run_dir / "config.toml")
+        file_values.pop("resume", None)
+        if resume != "latest":
+            file_values["output"] = str(run_dir)
     reserved = {"config", "debug", "command", "func", "quiet"}
     flag_values = {k: v for k, v in vars(ns).items() if k not in reserved}
     flag_values = coerce_values(
@@ -88,7 +100,7 @@ def _generate(ns: argparse.Namespace) -> int:
     _disable_load_bars()
     from boothkit.generate import generate, parse_adapter
 
-    adapters = [parse_adapter(s) for s in ns.lora or []]
+    adapters = [parse_adapter(s, allow_pickle=ns.allow_pickle) for s in ns.lora or []]
     paths = generate(
         ns.model,
         ns.prompt,
@@ -103,6 +115,7 @@ def _generate(ns: argparse.Namespace) -> int:
         scheduler=ns.scheduler,
         output=ns.output,
         device=ns.device,
+        allow_pickle=ns.allow_pickle,
     )
     for p in paths:
         print(p)
@@ -175,6 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--output", default="outputs", help="folder for the images")
     g.add_argument("--device", default="cpu")
+    g.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="allow .ckpt/.pt/.bin files, loaded with torch.load(weights_only=True)",
+    )
     g.set_defaults(func=_generate)
 
     c = sub.add_parser("check", parents=[common], help="check a folder of photos before training")

@@ -10,7 +10,15 @@ from typing import Any
 import torch
 
 from boothkit.errors import BoothkitError
-from boothkit.families import Family, LoadOptions, load_model
+from boothkit.families import (
+    PICKLE_SUFFIXES,
+    Family,
+    LoadOptions,
+    check_safetensors,
+    load_model,
+    refuse_pickle,
+    torch_load_weights,
+)
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
 
@@ -29,7 +37,7 @@ class Adapter:
     weight: float = 1.0
 
 
-def parse_adapter(spec: str) -> Adapter:
+def parse_adapter(spec: str, *, allow_pickle: bool = False) -> Adapter:
     """`run_dir`, `file.safetensors` or either with `:weight` (e.g. `style.safetensors:0.5`)."""
     path_part, weight = spec, 1.0
     head, sep, tail = spec.rpartition(":")
@@ -49,6 +57,10 @@ def parse_adapter(spec: str) -> Adapter:
             f"--lora {spec!r}: {path} does not exist",
             hint="pass a boothkit run folder or a LoRA .safetensors file",
         )
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        refuse_pickle(path, allow_pickle)
+    else:
+        check_safetensors(path)
     return Adapter(path, weight)
 
 
@@ -68,8 +80,12 @@ def apply_adapters(pipe: Any, adapters: list[Adapter]) -> None:
     names = []
     for i, adapter in enumerate(adapters):
         name = f"adapter_{i}"
+        source: Any = str(adapter.path.parent)
+        kwargs: dict[str, Any] = {"weight_name": adapter.path.name}
+        if adapter.path.suffix.lower() in PICKLE_SUFFIXES:  # allowed by parse_adapter: tensors only
+            source, kwargs = torch_load_weights(adapter.path), {}
         try:
-            pipe.load_lora_weights(str(adapter.path.parent), weight_name=adapter.path.name, adapter_name=name)
+            pipe.load_lora_weights(source, adapter_name=name, **kwargs)
         except (ValueError, RuntimeError, KeyError) as e:
             raise BoothkitError(
                 f"could not apply LoRA {adapter.path} to this base model: {str(e).splitlines()[0]}",
@@ -124,6 +140,7 @@ def generate(
     scheduler: str | None = None,
     output: str | Path = "outputs",
     device: str = "cpu",
+    allow_pickle: bool = False,
 ) -> list[Path]:
     """Generate `num_images` images (image k from seed + k) and save them with their parameters."""
     from boothkit.io import atomic_save_image
@@ -131,7 +148,7 @@ def generate(
     if num_images <= 0 or steps <= 0:
         raise BoothkitError("--num-images and --steps must be positive")
     adapters = adapters or []
-    family = load_model(model, LoadOptions(device=device))
+    family = load_model(model, LoadOptions(device=device, allow_pickle=allow_pickle))
     pipe = load_pipeline(family, adapters, scheduler, device)
     size = family.default_resolution
     width, height = width or size, height or size

@@ -41,6 +41,12 @@ RUN_MARKER = "boothkit_run.json"
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+class TrainingInterrupted(BoothkitError):
+    """Ctrl-C or SIGTERM: the step finished, a checkpoint was saved, the run can be resumed."""
+
+    exit_code = 130
+
+
 @dataclass
 class TrainResult:
     output: Path
@@ -233,7 +239,7 @@ class Run:
         return {name: p.detach() for name, p in named_trainable(self.trainable_modules())}
 
 
-def prepare(config: TrainConfig, model: Family | None, log: Callable[[str], None]) -> Run:
+def prepare(config: TrainConfig, model: Family | None, log: Callable[[str], None], images: list[Path]) -> Run:
     """Check photos, load the model, make or reuse class images, cache latents, set up the method."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
@@ -242,7 +248,6 @@ def prepare(config: TrainConfig, model: Family | None, log: Callable[[str], None
     from boothkit.data.images import parse_color
 
     out = Path(config.output).expanduser()
-    images = check_instance_images(config)  # before the model loads: bad photos fail in seconds
     device = resolve_device(config.device)
     if config.mixed_precision == "fp16" and device.type != "cuda":
         raise BoothkitError("--mixed-precision fp16 needs a CUDA device", hint="use bf16 or no on CPU")
@@ -513,10 +518,10 @@ def train(
     started = time.time()
     out = Path(config.output).expanduser()
     resume_from = _resume_point(config, out)
+    images = check_instance_images(config)  # before the model loads: bad photos fail in seconds
     if resume_from is None:
-        check_instance_images(config)
         prepare_output(out)
-    run = prepare(config, model, log)
+    run = prepare(config, model, log, images)
     model = run.model
     estimate_disk(run)
     _write_marker(out, "running", started=datetime.now(timezone.utc).isoformat())
@@ -646,13 +651,14 @@ def train(
                         model, config, run.resolution, out / "samples" / f"step-{done:06d}.png", done
                     )
                 )
-            if (config.checkpoint_every and done % config.checkpoint_every == 0) or stop.signal is not None:
+            periodic = config.checkpoint_every and done % config.checkpoint_every == 0 and not consecutive_bad
+            if periodic or stop.signal is not None:
                 path = checkpoint()
                 if stop.signal is not None:
                     bar.close()
                     logger.close()
                     _write_marker(out, "interrupted", step=done)
-                    raise BoothkitError(
+                    raise TrainingInterrupted(
                         f"stopped at step {done} of {config.steps}; checkpoint saved in {path}",
                         hint=f"continue with: boothkit train --resume {out}",
                     )

@@ -156,13 +156,12 @@ def load_model(spec: str, options: LoadOptions | None = None) -> Family:
     path = resolve_model(spec)
     if path.is_file():
         if path.suffix.lower() in PICKLE_SUFFIXES:
-            raise BoothkitError(
-                f"{path} is a pickle checkpoint ({path.suffix}), which can run code when loaded; boothkit loads only .safetensors",
-                hint="convert it to .safetensors with a tool you trust, or download the .safetensors version",
-            )
-        if path.suffix.lower() != ".safetensors":
+            family, components, source = _load_pickle_checkpoint(spec, path, opts)
+        elif path.suffix.lower() != ".safetensors":
             raise BoothkitError(f"{path} is not a model: expected a diffusers folder or a .safetensors file")
-        family, components, source = _load_single_file(spec, path, opts)
+        else:
+            check_safetensors(path)
+            family, components, source = _load_single_file(spec, path, opts)
         prediction: PredictionType = components["scheduler"].config.get("prediction_type", "epsilon")
     else:
         family, prediction = detect_family(path)
@@ -173,12 +172,76 @@ def load_model(spec: str, options: LoadOptions | None = None) -> Family:
     return _assemble(family, source, components, prediction, opts)
 
 
+def refuse_pickle(path: Path, allow: bool) -> None:
+    if not allow:
+        raise BoothkitError(
+            f"{path} is a pickle file ({path.suffix}), which can run code when loaded; boothkit loads only .safetensors",
+            hint="use the .safetensors version, or pass --allow-pickle to load it with torch.load(weights_only=True)",
+        )
+
+
+def torch_load_weights(path: Path) -> dict[str, torch.Tensor]:
+    """torch.load restricted to tensors and plain containers: a pickle that carries code is refused."""
+    import pickle
+
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, ValueError) as e:
+        raise BoothkitError(
+            f"{path} was refused: it holds something other than plain tensors ({str(e).splitlines()[0][:200]})",
+            hint="only load checkpoints from sources you trust; prefer .safetensors",
+        ) from None
+    if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
+        data = data["state_dict"]
+    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise BoothkitError(f"{path} does not hold a state dict of tensors")
+    return data
+
+
+def check_safetensors(path: Path) -> None:
+    """A malformed or truncated .safetensors gets a clear error instead of a crash deep in a loader."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            f.keys()
+    except (SafetensorError, OSError, ValueError) as e:
+        raise BoothkitError(
+            f"{path} is not a valid .safetensors file ({e})",
+            hint="the download may be incomplete; fetch the file again",
+        ) from None
+
+
+def _load_pickle_checkpoint(
+    spec: str, path: Path, opts: LoadOptions
+) -> tuple[FamilyName, dict[str, Any], ModelSource]:
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    refuse_pickle(path, opts.allow_pickle)
+    state = torch_load_weights(path)
+    with tempfile.TemporaryDirectory() as tmp:
+        converted = Path(tmp) / (path.stem + ".safetensors")
+        save_file({k: v.contiguous().clone() for k, v in state.items()}, str(converted))
+        family, components, source = _load_single_file(spec, converted, opts)
+    return family, components, ModelSource(spec, path, fingerprint(path), True, source.config_source)
+
+
 def _load_folder(path: Path, family: FamilyName, opts: LoadOptions) -> dict[str, Any]:
     from diffusers import DiffusionPipeline
 
+    pickled = sorted(p for p in path.glob("*/*") if p.suffix in PICKLE_SUFFIXES)
+    has_safetensors = any(path.glob("*/*.safetensors"))
+    if pickled and not has_safetensors:
+        refuse_pickle(pickled[0], opts.allow_pickle)
     try:
         pipe = DiffusionPipeline.from_pretrained(
-            path, torch_dtype=opts.dtype, use_safetensors=True, local_files_only=True, safety_checker=None
+            path,
+            torch_dtype=opts.dtype,
+            use_safetensors=None if (pickled and not has_safetensors) else True,
+            local_files_only=True,
+            safety_checker=None,
         )
     except (OSError, ValueError) as e:
         raise BoothkitError(
