@@ -90,6 +90,24 @@ class TrainConfig:
     )
     train_text_encoder: bool = _opt("also train the text encoder(s) (LoRA on attention)", default=False)
     text_encoder_lr: float | None = _opt("text encoder learning rate (default: --lr)", default=None)
+    # Full fine-tune, textual inversion, pivotal tuning
+    text_encoder_fraction: float = _opt(
+        "stop training the text encoder(s) after this fraction of the steps", default=1.0
+    )
+    ema: bool = _opt("keep an exponential moving average of the trained weights and save it", default=False)
+    ema_decay: float = _opt("EMA decay", default=0.999)
+    save_single_file: bool = _opt(
+        "full fine-tune: also save one .safetensors in the original layout", default=False
+    )
+    num_vectors: int = _opt("textual inversion: embedding vectors for the new token", default=1)
+    initializer_token: str | None = _opt(
+        "textual inversion: word whose embedding starts the new token (default: the class noun)", default=None
+    )
+    ti_lr: float = _opt("learning rate of the token embeddings (ti, pivotal)", default=5e-3)
+    ti_fraction: float = _opt(
+        "pivotal: train only the embeddings for this fraction of the steps, then only the LoRA (0: both together)",
+        default=0.0,
+    )
     # Optimisation
     steps: int = _opt("optimizer steps", default=500)
     lr: float = _opt("learning rate", default=1e-4)
@@ -182,8 +200,23 @@ def _validate(c: TrainConfig) -> None:
         )
     if c.prior and c.class_dir is None and c.class_images == 0:
         raise BoothkitError("--class-images must be > 0 with prior preservation on (or pass --no-prior)")
-    if c.method != "lora":
-        raise BoothkitError(f"--method {c.method} is not available yet; use --method lora")
+    for name in ("text_encoder_fraction", "ti_fraction"):
+        if not 0 <= getattr(c, name) <= 1:
+            raise BoothkitError(f"--{flag_name(name)} must be between 0 and 1, got {getattr(c, name)}")
+    if not 0 < c.ema_decay < 1:
+        raise BoothkitError(f"--ema-decay must be between 0 and 1 (e.g. 0.999), got {c.ema_decay}")
+    _positive("num_vectors", c.num_vectors, what="a positive integer")
+    _positive("ti_lr", c.ti_lr)
+    if c.method in ("ti", "pivotal") and c.initializer_token is None and c.class_noun is None:
+        raise BoothkitError(
+            f"--method {c.method} needs a word to start the new token from: pass --class-noun or --initializer-token"
+        )
+    if c.ema and c.method != "full":
+        raise BoothkitError("--ema applies to --method full", hint="drop --ema, or use --method full")
+    if c.save_single_file and c.method != "full":
+        raise BoothkitError(
+            "--save-single-file applies to --method full (a LoRA is exported with `boothkit export`)"
+        )
 
 
 def flag_name(field_name: str) -> str:

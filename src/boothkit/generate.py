@@ -21,6 +21,7 @@ from boothkit.families import (
 )
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
+EMBEDDINGS_FILE = "learned_embeds.safetensors"
 
 SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
     "dpm++2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
@@ -51,7 +52,12 @@ def parse_adapter(spec: str, *, allow_pickle: bool = False) -> Adapter:
         path_part = head
     path = Path(path_part).expanduser()
     if path.is_dir():
-        path = path / LORA_FILE
+        # A run folder: its LoRA (with the embeddings beside it for pivotal runs), or a textual-inversion run's embeddings.
+        path = (
+            path / LORA_FILE
+            if (path / LORA_FILE).exists() or not (path / EMBEDDINGS_FILE).exists()
+            else path / EMBEDDINGS_FILE
+        )
     if not path.is_file():
         raise BoothkitError(
             f"--lora {spec!r}: {path} does not exist",
@@ -75,11 +81,63 @@ def set_scheduler(pipe: Any, name: str | None) -> None:
     pipe.scheduler = getattr(diffusers, cls_name).from_config(pipe.scheduler.config, **kwargs)
 
 
+def is_embeddings_file(path: Path) -> bool:
+    """Textual-inversion embeddings: boothkit's file name, or a file whose tensors are all (n, D) vectors
+    under one token key or SDXL's clip_l/clip_g."""
+    if path.name == EMBEDDINGS_FILE:
+        return True
+    if path.suffix.lower() != ".safetensors":
+        return False
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        keys = list(f.keys())
+    return bool(keys) and (set(keys) <= {"clip_l", "clip_g"} or (len(keys) == 1 and "lora" not in keys[0]))
+
+
+def load_embeddings(pipe: Any, path: Path) -> str:
+    """Add learned token embeddings to the pipeline's tokenizer(s); returns the token to use in prompts."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    tensors = load_file(path)
+    token = meta.get("boothkit_placeholder") or (next(iter(tensors)) if len(tensors) == 1 else None)
+    if token is None:
+        token = f"<{path.stem}>"
+    try:
+        if "clip_l" in tensors:  # SDXL: one set of vectors per text encoder
+            if getattr(pipe, "text_encoder_2", None) is None:
+                raise BoothkitError(
+                    f"{path} holds SDXL embeddings (clip_l/clip_g) but the base model is not SDXL"
+                )
+            pipe.load_textual_inversion(
+                tensors["clip_l"], token=token, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer
+            )
+            pipe.load_textual_inversion(
+                tensors["clip_g"], token=token, text_encoder=pipe.text_encoder_2, tokenizer=pipe.tokenizer_2
+            )
+        else:
+            pipe.load_textual_inversion(next(iter(tensors.values())), token=token)
+    except (ValueError, RuntimeError) as e:
+        raise BoothkitError(
+            f"could not load embeddings {path} into this base model: {str(e).splitlines()[0]}",
+            hint="embeddings fit only the model family they were trained for",
+        ) from None
+    return token
+
+
 def apply_adapters(pipe: Any, adapters: list[Adapter]) -> None:
-    """Load each LoRA as a named adapter and activate all of them with their weights."""
-    names = []
+    """Load each LoRA as a named adapter (and a run's learned embeddings), activate all with their weights."""
+    names, weights = [], []
     for i, adapter in enumerate(adapters):
         name = f"adapter_{i}"
+        if is_embeddings_file(adapter.path):
+            load_embeddings(pipe, adapter.path)
+            continue
+        if (adapter.path.parent / EMBEDDINGS_FILE).exists() and adapter.path.name == LORA_FILE:
+            load_embeddings(pipe, adapter.path.parent / EMBEDDINGS_FILE)  # a pivotal-tuning run
         source: Any = str(adapter.path.parent)
         kwargs: dict[str, Any] = {"weight_name": adapter.path.name}
         if adapter.path.suffix.lower() in PICKLE_SUFFIXES:  # allowed by parse_adapter: tensors only
@@ -92,8 +150,9 @@ def apply_adapters(pipe: Any, adapters: list[Adapter]) -> None:
                 hint="a LoRA only fits the model family it was trained for (SD 1.x, SD 2.x or SDXL)",
             ) from None
         names.append(name)
+        weights.append(adapter.weight)
     if names:
-        pipe.set_adapters(names, adapter_weights=[a.weight for a in adapters])
+        pipe.set_adapters(names, adapter_weights=weights)
 
 
 def png_parameters(params: dict[str, Any]) -> Any:

@@ -121,18 +121,45 @@ def images_hash(paths: list[Path]) -> str:
     return h.hexdigest()[:16]
 
 
+RARE_TOKENS = ("sks", "ohwx", "zwx", "qwx", "vvn", "xjy", "mkr", "phol", "txcl", "bnha")
+
+
+def _common(tokenizer: Any, piece: str) -> bool:
+    """A BPE id ranks a token by how early its merge was learned, i.e. how frequent the word is.
+
+    Only meaningful for full-size vocabularies (CLIP's 49408); tiny test tokenizers are skipped.
+    """
+    vocab = len(tokenizer)
+    if vocab < 10_000:
+        return False
+    token_id = tokenizer.convert_tokens_to_ids(piece)
+    return 512 <= token_id < int(0.4 * vocab)  # ids below 512 are single bytes
+
+
 def token_warnings(model: Family, token: str) -> list[str]:
-    """A token the tokenizer splits into pieces binds the subject to several tokens' meanings."""
-    out = []
+    """A token that splits into pieces, or is a common word, binds the subject to other meanings."""
+
+    def ok(candidate: str) -> bool:
+        for tokenizer in model.tokenizers:
+            pieces = tokenizer.tokenize(candidate)
+            if len(pieces) != 1 or _common(tokenizer, pieces[0]):
+                return False
+        return True
+
+    if ok(token):
+        return []
+    suggestions = [c for c in RARE_TOKENS if c != token and ok(c)][:3]
+    hint = (
+        f"rarer single-piece tokens: {', '.join(suggestions)}" if suggestions else "try a short nonsense word"
+    )
     for tokenizer in model.tokenizers:
         pieces = tokenizer.tokenize(token)
         if len(pieces) != 1:
-            out.append(
-                f"token {token!r} is split by the tokenizer into {len(pieces)} pieces {pieces}; "
-                "a rare single-piece token (e.g. sks, zwx, ohwx) binds the subject more cleanly"
-            )
-            break
-    return out
+            return [
+                f"token {token!r} is split by the tokenizer into {len(pieces)} pieces {pieces}, which binds "
+                f"the subject to several tokens' meanings; {hint}"
+            ]
+    return [f"token {token!r} is a common word, so the subject will mix with its meaning; {hint}"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -236,7 +263,9 @@ class Run:
         return dict(zip(names, [self.model.unet, *self.model.text_encoders], strict=True))
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
-        return {name: p.detach() for name, p in named_trainable(self.trainable_modules())}
+        state = {name: p.detach() for name, p in named_trainable(self.trainable_modules())}
+        state.update({f"method.{k}": v for k, v in self.method.state().items()})
+        return state
 
 
 def prepare(config: TrainConfig, model: Family | None, log: Callable[[str], None], images: list[Path]) -> Run:
@@ -274,13 +303,22 @@ def prepare(config: TrainConfig, model: Family | None, log: Callable[[str], None
             f"--resolution {resolution} must be a multiple of {model.vae_scale_factor * 2} for this model"
         )
 
-    # Prior images are made by the base model, before any adapter is attached.
+    # Prior images are made by the base model, before any adapter or token is added.
     prior_paths = class_images(config, model, resolution) if config.uses_prior else []
+
+    # Frozen weights in the compute dtype; the method keeps its trainable weights in fp32.
+    model.unet.to(dtype=weight_dtype)
+    for encoder in model.text_encoders:
+        encoder.to(dtype=weight_dtype)
+    method: TrainingMethod = get_method(config.method)
+    groups = method.setup(model, config)
+
     folder = Path(config.images).expanduser()
+    token = method.prompt_token(config.token)
     prompts = instance_prompts(
-        images, folder, template=config.instance_prompt, token=config.token, class_noun=config.class_noun
+        images, folder, template=config.instance_prompt, token=token, class_noun=config.class_noun
     )
-    class_prompt = render_prompt(config.class_prompt, token=config.token, class_noun=config.class_noun)
+    class_prompt = render_prompt(config.class_prompt, token=token, class_noun=config.class_noun)
     bg = parse_color(config.alpha_background)
     instances = encode_images(
         model,
@@ -302,13 +340,6 @@ def prepare(config: TrainConfig, model: Family | None, log: Callable[[str], None
         flip=False,
         seed=config.seed,
     )
-
-    # Frozen weights in the compute dtype; the method's trainable weights stay fp32.
-    model.unet.to(dtype=weight_dtype)
-    for encoder in model.text_encoders:
-        encoder.to(dtype=weight_dtype)
-    method: TrainingMethod = get_method(config.method)
-    groups = method.setup(model, config)
     embeddings = {} if method.trains_text_encoder else encode_prompt_set(model, [*prompts, class_prompt])
     if config.gradient_checkpointing:
         model.unet.enable_gradient_checkpointing()
@@ -486,7 +517,10 @@ def _restore(run: Run, ckpt_path: Path, generator: torch.Generator) -> LoopState
             hint="resume with the same settings and images, or pass --force-resume to continue anyway",
         )
     params = dict(named_trainable(run.trainable_modules()))
-    missing = set(params) ^ set(ckpt.trainable)
+    method_state = {
+        k.removeprefix("method."): v for k, v in ckpt.trainable.items() if k.startswith("method.")
+    }
+    missing = set(params) ^ {k for k in ckpt.trainable if not k.startswith("method.")}
     if missing:
         raise BoothkitError(
             f"checkpoint {ckpt_path} does not fit this run's trainable weights "
@@ -495,6 +529,7 @@ def _restore(run: Run, ckpt_path: Path, generator: torch.Generator) -> LoopState
     with torch.no_grad():
         for name, p in params.items():
             p.copy_(ckpt.trainable[name].to(p.device, p.dtype))
+    run.method.load_state(method_state)
     run.optimizer.load_state_dict(ckpt.optimizer)
     run.lr_scheduler.load_state_dict(ckpt.lr_scheduler)
     if ckpt.scaler is not None and run.accelerator.scaler is not None:
@@ -596,8 +631,10 @@ def train(
                 grad_norm = float(run.accelerator.clip_grad_norm_(run.params, config.max_grad_norm))
             lr = float(run.lr_scheduler.get_last_lr()[0])  # the rate this step used
             if finite:
+                run.method.before_update(model, loop.step)
                 run.optimizer.step()
                 run.lr_scheduler.step()
+                run.method.after_update(model, loop.step)
                 consecutive_bad = 0
             else:
                 # A non-finite loss or gradient: skip the update, weights untouched.
@@ -648,7 +685,12 @@ def train(
             if config.sample_every and done % config.sample_every == 0 and done != config.steps:
                 sample_files.append(
                     save_samples(
-                        model, config, run.resolution, out / "samples" / f"step-{done:06d}.png", done
+                        model,
+                        config,
+                        run.resolution,
+                        out / "samples" / f"step-{done:06d}.png",
+                        done,
+                        run.method.prompt_token(config.token),
                     )
                 )
             periodic = config.checkpoint_every and done % config.checkpoint_every == 0 and not consecutive_bad
@@ -668,7 +710,12 @@ def train(
     weights_files = run.method.save(model, out, {**metadata, "boothkit_step": str(config.steps)})
     sample_files.append(
         save_samples(
-            model, config, run.resolution, out / "samples" / f"step-{config.steps:06d}.png", config.steps
+            model,
+            config,
+            run.resolution,
+            out / "samples" / f"step-{config.steps:06d}.png",
+            config.steps,
+            run.method.prompt_token(config.token),
         )
     )
     logger.close()
@@ -769,10 +816,12 @@ def sample_images(
     pipe = model.pipeline()
     pipe.set_progress_bar_config(disable=True)
     rows = []
-    half = model.unet.dtype != torch.float32  # frozen weights in bf16/fp16: the VAE stays fp32
+    # Frozen weights may be bf16/fp16 while the VAE (and a fully trained UNet) stay fp32.
+    dtypes = {model.unet.dtype, *(e.dtype for e in model.text_encoders)} - {torch.float32}
+    half = next(iter(dtypes), torch.float32)
     for prompt in prompts:
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-        with torch.autocast(model.unet.device.type, dtype=model.unet.dtype, enabled=half):
+        with torch.autocast(model.unet.device.type, dtype=half, enabled=half != torch.float32):
             result = pipe(
                 [prompt] * len(seeds),
                 num_inference_steps=steps,
@@ -784,14 +833,17 @@ def sample_images(
     return rows
 
 
-def save_samples(model: Family, config: TrainConfig, resolution: int, path: Path, step: int) -> Path:
+def save_samples(
+    model: Family, config: TrainConfig, resolution: int, path: Path, step: int, token: str | None = None
+) -> Path:
     from boothkit.data.captions import render_prompt
     from boothkit.grids import labelled_grid
 
     was_training = model.unet.training
     model.unet.eval()
     prompts = [
-        render_prompt(p, token=config.token, class_noun=config.class_noun) for p in config.sample_prompts
+        render_prompt(p, token=token or config.token, class_noun=config.class_noun)
+        for p in config.sample_prompts
     ]
     rows = sample_images(model, prompts, list(config.sample_seeds), resolution, config.sample_steps)
     grid = labelled_grid(

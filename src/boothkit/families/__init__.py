@@ -49,6 +49,12 @@ PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle"}
 def resolve_model(spec: str) -> Path:
     """A local path for `spec`: an existing file or folder, or a hub id fetched through the HF cache."""
     path = Path(spec).expanduser()
+    if (
+        path.is_dir()
+        and not (path / "model_index.json").exists()
+        and (path / "model" / "model_index.json").exists()
+    ):
+        return (path / "model").resolve()  # a boothkit full fine-tune run folder
     if path.exists():
         return path.resolve()
     looks_like_path = spec.startswith((".", "/", "~")) or spec.endswith(".safetensors") or spec.count("/") > 1

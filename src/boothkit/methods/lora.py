@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from boothkit.config import TrainConfig
+from boothkit.errors import BoothkitError
 from boothkit.families import Family
 from boothkit.io import atomic_save_safetensors
 
@@ -31,6 +32,7 @@ class LoRA:
 
     def __init__(self) -> None:
         self._train_te = False
+        self._te_stop_step: int | None = None
         self._configs: dict[str, Any] = {}
 
     @property
@@ -55,6 +57,8 @@ class LoRA:
         groups: list[dict[str, Any]] = [{"params": self._trainable(model.unet), "lr": config.lr}]
         if config.train_text_encoder:
             self._train_te = True
+            if config.text_encoder_fraction < 1:
+                self._te_stop_step = int(config.text_encoder_fraction * config.steps)
             te_config = LoraConfig(
                 r=config.rank,
                 lora_alpha=alpha,  # type: ignore[arg-type]  # peft accepts float alphas
@@ -73,12 +77,27 @@ class LoRA:
 
     @staticmethod
     def _trainable(module: torch.nn.Module) -> list[torch.nn.Parameter]:
-        params = lora_parameters(module)
-        for p in params:
-            # LoRA weights train in fp32 even when the frozen base runs in half precision.
-            p.data = p.data.float()
-            p.requires_grad_(True)
-        return params
+        from boothkit.methods import fp32_trainable
+
+        return fp32_trainable(lora_parameters(module))
+
+    def prompt_token(self, token: str) -> str:
+        return token
+
+    def before_update(self, model: Family, step: int) -> None:
+        if self._te_stop_step is not None and step >= self._te_stop_step:
+            for encoder in model.text_encoders:
+                for p in lora_parameters(encoder):
+                    p.grad = None  # the text encoder's share of the run is over: no update
+
+    def after_update(self, model: Family, step: int) -> None:
+        pass
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        pass
 
     def state_dicts(self, model: Family) -> dict[str, dict[str, torch.Tensor]]:
         """LoRA tensors per component with peft's key names (`...to_q.lora_A.weight`), which
@@ -95,7 +114,11 @@ class LoRA:
         from safetensors import safe_open
         from safetensors.torch import load_file
 
+        from boothkit.checkpoint import all_finite
+
         layers = self.state_dicts(model)
+        if not all(all_finite(layer) for layer in layers.values()):
+            raise BoothkitError(f"refusing to write {out_dir / LORA_FILE}: some LoRA weights are not finite")
         kwargs: dict[str, Any] = {
             "unet_lora_layers": layers["unet"],
             "unet_lora_adapter_metadata": self._configs["unet"].to_dict(),
