@@ -197,3 +197,42 @@ def test_fp16_on_cpu_and_missing_bitsandbytes_are_explained(tiny_model, photos, 
     except ImportError:
         with pytest.raises(BoothkitError, match="bitsandbytes"):
             train(_config(tiny_model("sd1"), photos, tmp_path / "b", adam_8bit=True), progress=False)
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_buckets_keep_aspect_and_feed_matching_time_ids(family, tiny_model, tmp_path) -> None:
+    """Tall and wide photos train near their own shape; class images follow the same buckets."""
+    from PIL import Image
+
+    from boothkit.data.buckets import assign_bucket, make_buckets
+    from boothkit.train import prepare
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, (w, h) in enumerate([(48, 80), (80, 48), (64, 64), (56, 72)]):
+        Image.new("RGB", (w, h), (30 * i, 90, 200)).save(photos / f"p{i}.png")
+    cfg = _config(tiny_model(family), photos, tmp_path / "run", buckets=True, batch_size=2, resolution=64)
+    run = prepare(cfg, None, lambda s: None, sorted(photos.glob("*.png")))
+    buckets = make_buckets(64)
+    for item in run.instances:
+        with Image.open(item.path) as im:
+            w, h = im.size
+        bw, bh = item.size
+        assert (bw, bh) == assign_bucket(w, h, buckets)
+        assert abs((bw / bh) / (w / h) - 1) <= 0.10
+        assert tuple(item.mean.shape[1:]) == (bh // 4, bw // 4)
+        if family == "sdxl":
+            assert item.time_ids[4:].tolist() == [bh, bw]  # target size ids follow the bucket
+    assert set(run.priors) == {i.size for i in run.instances}
+    for size, priors in run.priors.items():
+        assert all(p.size == size for p in priors)
+    result = train(cfg, progress=False, log=lambda s: None)
+    assert result.steps == 4
+
+
+def test_training_never_touches_the_input_folder(tiny_model, photos, tmp_path) -> None:
+    (photos / "photo_0.txt").write_text("a photo of {token} {class_noun} on a sofa")
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in photos.iterdir()}
+    train(_config(tiny_model("sd1"), photos, tmp_path / "run"), progress=False, log=lambda s: None)
+    after = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in photos.iterdir()}
+    assert before == after

@@ -67,6 +67,10 @@ class TrainConfig:
     resolution: int | None = _opt("training resolution (default: the model's native size)", default=None)
     flip: bool = _opt("random horizontal flip of instance images", default=False)
     crop: Literal["center", "random"] = _opt("how non-square photos are cropped", default="center")
+    buckets: bool = _opt(
+        "aspect-ratio bucketing: train each photo near its own shape at about the same pixel count",
+        default=False,
+    )
     alpha_background: str = _opt("colour transparent areas are composited onto", default="white")
     skip_invalid: bool = _opt("train on the valid images when some are rejected", default=False)
     # Prior preservation

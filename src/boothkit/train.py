@@ -248,7 +248,7 @@ class Run:
     weight_dtype: torch.dtype
     accelerator: Any
     instances: list[CachedImage]
-    priors: list[CachedImage]
+    priors: dict[tuple[int, int], list[CachedImage]]  # by (width, height)
     embeddings: dict[str, Conditioning]
     params: list[torch.nn.Parameter]
     optimizer: Any
@@ -320,6 +320,9 @@ def prepare(config: TrainConfig, model: Family | None, log: Callable[[str], None
     )
     class_prompt = render_prompt(config.class_prompt, token=token, class_noun=config.class_noun)
     bg = parse_color(config.alpha_background)
+    sizes = (
+        bucket_sizes(images, resolution, bg) if config.buckets else [(resolution, resolution)] * len(images)
+    )
     instances = encode_images(
         model,
         images,
@@ -330,15 +333,25 @@ def prepare(config: TrainConfig, model: Family | None, log: Callable[[str], None
         crop=config.crop,
         alpha_background=bg,
         seed=config.seed,
+        sizes=sizes,
     )
-    priors = encode_images(
-        model,
-        prior_paths,
-        [class_prompt] * len(prior_paths),
-        is_prior=True,
-        resolution=resolution,
-        flip=False,
-        seed=config.seed,
+    # Class images join instance batches, so each is cached at every size an instance batch can have.
+    priors = (
+        {
+            size: encode_images(
+                model,
+                prior_paths,
+                [class_prompt] * len(prior_paths),
+                is_prior=True,
+                resolution=resolution,
+                flip=False,
+                seed=config.seed,
+                sizes=[size] * len(prior_paths),
+            )
+            for size in sorted(set(sizes))
+        }
+        if prior_paths
+        else {}
     )
     embeddings = {} if method.trains_text_encoder else encode_prompt_set(model, [*prompts, class_prompt])
     if config.gradient_checkpointing:
@@ -374,6 +387,28 @@ def prepare(config: TrainConfig, model: Family | None, log: Callable[[str], None
         prior_paths,
         warnings,
     )
+
+
+def bucket_sizes(
+    images: list[Path], resolution: int, background: tuple[int, int, int]
+) -> list[tuple[int, int]]:
+    """Each photo's aspect-ratio bucket (width, height), from its upright size."""
+    from boothkit.data.buckets import assign_bucket, make_buckets
+    from boothkit.data.images import load_image
+
+    buckets = make_buckets(resolution)
+    return [assign_bucket(*load_image(p, alpha_background=background).size, buckets) for p in images]
+
+
+def instance_batch(run: Run, position: int, size: int) -> list[CachedImage]:
+    """`size` instance images for stream `position`; with buckets, all from the first one's bucket
+    (a batch is one tensor), still a pure function of the position so resume replays it exactly."""
+    instances, seed = run.instances, run.config.seed
+    if not run.config.buckets:
+        return [instances[i] for i in take(len(instances), seed, position, size)]
+    anchor = instances[take(len(instances), seed, position, 1)[0]]
+    members = [im for im in instances if im.size == anchor.size]
+    return [anchor] + [members[i] for i in take(len(members), seed + 7, position, size - 1)]
 
 
 def micro_step(run: Run, batch: list[CachedImage], generator: torch.Generator, accum: int) -> LossTerms:
@@ -602,9 +637,10 @@ def train(
                 for micro in range(loop.grad_accum):
                     B = loop.batch_size
                     position = (loop.step * loop.grad_accum + micro) * B
-                    batch = [run.instances[i] for i in take(len(run.instances), config.seed, position, B)]
+                    batch = instance_batch(run, position, B)
                     if run.priors:
-                        batch += [run.priors[i] for i in take(len(run.priors), config.seed + 1, position, B)]
+                        priors = run.priors[batch[0].size]
+                        batch += [priors[i] for i in take(len(priors), config.seed + 1, position, B)]
                     terms.append(micro_step(run, batch, generator, loop.grad_accum))
                     if micro == 0 and loop.grad_accum > 1:
                         fault_point("micro", loop.step + 1)

@@ -32,6 +32,7 @@ class CachedImage:
     flipped_mean: torch.Tensor | None = None
     flipped_std: torch.Tensor | None = None
     flipped_time_ids: torch.Tensor | None = None
+    size: tuple[int, int] = (0, 0)  # (width, height) in pixels
 
 
 def to_pixels(image) -> torch.Tensor:  # type: ignore[no-untyped-def]
@@ -53,50 +54,56 @@ def encode_images(
     alpha_background: tuple[int, int, int] = (255, 255, 255),
     seed: int = 0,
     batch_size: int = 8,
+    sizes: list[tuple[int, int]] | None = None,
 ) -> list[CachedImage]:
-    """Load, crop and VAE-encode every image once (and its mirror image when `flip`)."""
+    """Load, crop and VAE-encode every image once (and its mirror image when `flip`).
+
+    `sizes` gives each image's (width, height) training size (aspect-ratio buckets); by default
+    every image is cropped to a `resolution` square.
+    """
     rng = random.Random(seed)
-    size = (resolution, resolution)
+    targets = sizes or [(resolution, resolution)] * len(paths)
     items: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
-    for path in paths:
+    for path, (w, h) in zip(paths, targets, strict=True):
         image = load_image(path, alpha_background=alpha_background)
         cropped, (top, left) = resize_and_crop(
-            image, size, crop="random" if crop == "random" else "center", rng=rng
+            image, (w, h), crop="random" if crop == "random" else "center", rng=rng
         )
         original = (image.height, image.width)
-        pixels = to_pixels(cropped)
-        time_ids = model.time_ids(original, (top, left), size)
+        time_ids = model.time_ids(original, (top, left), (h, w))
         flipped_time_ids = None
         if flip:
             # The mirrored crop starts where the original crop ended, seen from the other side.
-            resized_w = round(image.width * max(resolution / image.width, resolution / image.height))
-            flipped_time_ids = model.time_ids(original, (top, max(0, resized_w - left - resolution)), size)
-        items.append((pixels, time_ids, flipped_time_ids))
+            resized_w = max(w, round(image.width * max(w / image.width, h / image.height)))
+            flipped_time_ids = model.time_ids(original, (top, resized_w - left - w), (h, w))
+        items.append((to_pixels(cropped), time_ids, flipped_time_ids))
 
-    cached: list[CachedImage] = []
-    for start in range(0, len(items), batch_size):
-        chunk = items[start : start + batch_size]
-        pixels = torch.stack([c[0] for c in chunk])  # (b, 3, H, W)
-        mean, std = model.encode_images(pixels)
-        f_mean = f_std = None
-        if flip:
-            f_mean, f_std = model.encode_images(torch.flip(pixels, dims=[3]))
-        for k, (_, time_ids, flipped_ids) in enumerate(chunk):
-            i = start + k
-            cached.append(
-                CachedImage(
+    cached: list[CachedImage | None] = [None] * len(items)
+    by_size: dict[tuple[int, int], list[int]] = {}
+    for i, size in enumerate(targets):
+        by_size.setdefault(size, []).append(i)
+    for indices in by_size.values():  # images of one size encode together
+        for start in range(0, len(indices), batch_size):
+            chunk = indices[start : start + batch_size]
+            pixels = torch.stack([items[i][0] for i in chunk])  # (b, 3, H, W)
+            mean, std = model.encode_images(pixels)
+            f_mean = f_std = None
+            if flip:
+                f_mean, f_std = model.encode_images(torch.flip(pixels, dims=[3]))
+            for k, i in enumerate(chunk):
+                cached[i] = CachedImage(
                     path=paths[i],
                     prompt=prompts[i],
                     is_prior=is_prior,
                     mean=mean[k].float().cpu(),
                     std=std[k].float().cpu(),
-                    time_ids=time_ids,
+                    time_ids=items[i][1],
                     flipped_mean=None if f_mean is None else f_mean[k].float().cpu(),
                     flipped_std=None if f_std is None else f_std[k].float().cpu(),
-                    flipped_time_ids=flipped_ids,
+                    flipped_time_ids=items[i][2],
+                    size=targets[i],
                 )
-            )
-    return cached
+    return [c for c in cached if c is not None]
 
 
 @torch.no_grad()
