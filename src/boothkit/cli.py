@@ -147,6 +147,71 @@ def _demo(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _grid(ns: argparse.Namespace) -> int:
+    _disable_load_bars()
+    from boothkit.studies import Sampling, StudyRequest, run_study
+
+    request = StudyRequest(
+        kind=ns.kind,
+        model=ns.model,
+        loras=ns.lora or [],
+        prompts=ns.prompt or [],
+        prompts_file=ns.prompts_file,
+        prompt_set=ns.prompt_set,
+        rows=ns.row or [],
+        token=ns.token,
+        class_noun=ns.class_noun,
+        seed=ns.seed,
+        seeds=ns.seeds,
+        num_seeds=ns.num_seeds,
+        values=ns.values,
+        styles=ns.styles,
+        style_template=ns.style_template,
+        sampling=Sampling(ns.negative, ns.steps, ns.guidance, ns.width, ns.height),
+        scheduler=ns.scheduler,
+        device=ns.device,
+        allow_pickle=ns.allow_pickle,
+    )
+    output = ns.output or f"grid-{ns.kind}.png"
+    if not str(output).lower().endswith(".png"):  # before rendering, not after
+        raise BoothkitError(
+            f"--output {output}: a study grid is saved as PNG", hint="give the file a .png name"
+        )
+    study = run_study(request, progress=not ns.quiet)
+    print(study.save(output))
+    return 0
+
+
+def _morph(ns: argparse.Namespace) -> int:
+    _disable_load_bars()
+    from boothkit.morph import morph, morph_seeds
+    from boothkit.studies import parse_study_adapter
+
+    adapters = [parse_study_adapter(s, allow_pickle=ns.allow_pickle) for s in ns.lora or []]
+    result = morph(
+        ns.model,
+        ns.prompt,
+        adapters=adapters,
+        seeds=morph_seeds(ns.seed, ns.keyframes, ns.seeds),
+        duration=ns.duration,
+        fps=ns.fps,
+        negative=ns.negative,
+        steps=ns.steps,
+        guidance=ns.guidance,
+        width=ns.width,
+        height=ns.height,
+        scheduler=ns.scheduler,
+        device=ns.device,
+        output=ns.output,
+        batch_size=ns.batch_size,
+        allow_pickle=ns.allow_pickle,
+        progress=not ns.quiet,
+    )
+    seeds = " ".join(str(s) for s in result.seeds)
+    print(f"{result.path}  ({result.n_frames} frames at {result.fps:g} fps, keyframe seeds {seeds})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from boothkit import __version__
 
@@ -209,6 +274,101 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--images", default=None, help="photos to use (default: the shared DreamBooth dog)")
     d.add_argument("--steps", type=int, default=150)
     d.set_defaults(func=_demo)
+
+    def sampling_flags(q: argparse.ArgumentParser, steps: int = 30) -> None:
+        q.add_argument("--model", required=True, help="base model: hub id, diffusers folder or .safetensors")
+        q.add_argument(
+            "--lora",
+            action="append",
+            help="run folder, checkpoint folder or .safetensors, optionally :weight (repeatable)",
+        )
+        q.add_argument("--negative", default="", help="negative prompt")
+        q.add_argument("--seed", type=int, default=0)
+        q.add_argument("--steps", type=int, default=steps)
+        q.add_argument("--guidance", type=float, default=7.5)
+        q.add_argument("--width", type=int, default=None)
+        q.add_argument("--height", type=int, default=None)
+        q.add_argument(
+            "--scheduler", default=None, help="dpm++2m, euler, euler_a, ddim, pndm (default: the model's)"
+        )
+        q.add_argument("--device", default="cpu")
+        q.add_argument(
+            "--allow-pickle",
+            action="store_true",
+            help="allow .ckpt/.pt/.bin files, loaded with torch.load(weights_only=True)",
+        )
+
+    gr = sub.add_parser(
+        "grid",
+        parents=[common],
+        help="one labelled PNG that studies guidance, seeds, styles, prompts, models or the token",
+        description=(
+            "KIND is guidance (guidance scales), seeds (one prompt over many seeds), styles (the subject "
+            "in artistic styles), prompts (a prompt file, e.g. the DreamBooth prompts_and_classes.txt), "
+            "compare (--row models/LoRAs over prompts at fixed seeds) or token (with vs without the "
+            "identifier). Each cell is seeded like `boothkit generate`, so any cell can be reproduced."
+        ),
+    )
+    gr.add_argument("kind", metavar="KIND", help="guidance, seeds, styles, prompts, compare or token")
+    sampling_flags(gr)
+    gr.add_argument(
+        "--prompt", action="append", help="prompt; {token} and {class_noun} are filled in (repeatable)"
+    )
+    gr.add_argument("--output", default=None, help="PNG file (default: grid-KIND.png)")
+    gr.add_argument("--seeds", type=int, nargs="+", default=None, help="exact seeds (default: from --seed)")
+    gr.add_argument(
+        "--num-seeds",
+        type=int,
+        default=None,
+        help="consecutive seeds from --seed (default: 8 for seeds, 4 for token, 1 otherwise)",
+    )
+    gr.add_argument(
+        "--values", type=float, nargs="+", default=None, help="guidance: scales (default 1.5 3 7.5 12 20)"
+    )
+    gr.add_argument("--styles", nargs="+", default=None, help="styles: the styles (default: nine built in)")
+    gr.add_argument(
+        "--style-template", default="{prompt}, {style} style", help="styles: how a style joins the prompt"
+    )
+    gr.add_argument(
+        "--prompts-file",
+        default=None,
+        help="prompts/compare: one prompt per line, or the DreamBooth prompts_and_classes.txt",
+    )
+    gr.add_argument(
+        "--prompt-set",
+        default=None,
+        help="which list of a DreamBooth-style file: object or live (default: live for dog/cat, else the first)",
+    )
+    gr.add_argument(
+        "--row", action="append", help="compare: LABEL=SPEC, SPEC `base` or LoRAs joined by + (repeatable)"
+    )
+    gr.add_argument("--token", default="sks", help="identifier token for {token}")
+    gr.add_argument("--class-noun", default=None, help="class noun for {class_noun}, e.g. dog")
+    gr.set_defaults(func=_grid)
+
+    mo = sub.add_parser(
+        "morph",
+        parents=[common],
+        help="a seamless looping GIF/MP4 morphing between the images of several seeds",
+        description=(
+            "Keyframes are the starting noise of K seeds; frames in between start from their spherical "
+            "interpolation and go round back to the first. Defaults: 5 keyframes, 15 s at 30 fps = 450 "
+            "frames. For a quick look: --fps 4 --duration 2 --steps 10."
+        ),
+    )
+    sampling_flags(mo)
+    mo.add_argument("--prompt", required=True)
+    mo.add_argument(
+        "--seeds", type=int, nargs="+", default=None, help="keyframe seeds (default: from --seed)"
+    )
+    mo.add_argument(
+        "--keyframes", type=int, default=5, help="keyframes from --seed when --seeds is not given"
+    )
+    mo.add_argument("--duration", type=float, default=15.0, help="loop length in seconds")
+    mo.add_argument("--fps", type=float, default=30.0)
+    mo.add_argument("--batch-size", type=int, default=1, help="frames denoised together (GPU)")
+    mo.add_argument("--output", default="morph.gif", help=".gif, or .mp4 with imageio-ffmpeg installed")
+    mo.set_defaults(func=_morph)
     return parser
 
 

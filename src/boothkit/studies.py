@@ -1,0 +1,920 @@
+"""Study grids: one labelled PNG that answers one question about a model or a LoRA.
+
+Every grid changes one thing along its rows and columns and holds everything else fixed, so the
+differences you see come from that one thing:
+
+  guidance  the guidance scale (columns) at fixed prompt and seed(s) (rows)
+  seeds     one prompt over many seeds: how much of the result is the seed
+  styles    the subject in artistic styles: does the identity survive a change of style?
+  prompts   a prompt file (plain, or the DreamBooth dataset's `prompts_and_classes.txt`) x seeds
+  compare   models and LoRAs (rows) over prompts (columns) at fixed seeds
+  token     the same prompt with and without the identifier token: what the token adds
+
+Each cell is rendered on its own with `torch.Generator("cpu").manual_seed(seed)`, the way
+`boothkit generate` draws image k from seed + k, so a cell can be reproduced with `generate` and a
+grid is pixel-identical when rendered again with the same arguments. LoRAs are loaded into the
+pipeline once and switched per cell with `set_adapters`, so comparing weights of the same LoRA
+costs no reloading.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import string
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from boothkit.errors import BoothkitError
+from boothkit.generate import Adapter, parse_adapter
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from boothkit.families import Family
+
+KINDS = ("guidance", "seeds", "styles", "prompts", "compare", "token")
+DEFAULT_GUIDANCE = (1.5, 3.0, 7.5, 12.0, 20.0)
+DEFAULT_STYLES = (
+    "oil painting",
+    "watercolor",
+    "pencil sketch",
+    "anime",
+    "pixel art",
+    "Van Gogh",
+    "Art Nouveau poster",
+    "Ukiyo-e woodblock print",
+    "3D render",
+)
+# "<subject prompt>, <style> style" keeps the subject prompt intact and first (CLIP weighs early
+# tokens most), and reads naturally for media ("watercolor style") and artists ("Van Gogh style").
+STYLE_TEMPLATE = "{prompt}, {style} style"
+TOKEN_PROMPT = "a photo of {token} {class_noun}"
+# How many seeds a kind uses when neither --seeds nor --num-seeds is given.
+DEFAULT_NUM_SEEDS = {"seeds": 8, "token": 4}
+# The DreamBooth paper used its "live subject" prompts (outfits, accessories) for dogs and cats.
+LIVE_CLASSES = frozenset({"dog", "cat", "dogs", "cats", "puppy", "kitten"})
+CHECKPOINT_WEIGHTS = "trainable.safetensors"
+EMBEDDINGS_FILE = "learned_embeds.safetensors"  # textual inversion / pivotal tuning runs
+
+
+# ----------------------------------------------------------------------------- what a grid is made of
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """The settings every cell of a grid shares (guidance is per cell: the guidance study varies it)."""
+
+    negative: str = ""
+    steps: int = 30
+    guidance: float = 7.5
+    width: int | None = None
+    height: int | None = None
+
+
+@dataclass(frozen=True)
+class Cell:
+    """Everything that decides one image of a grid besides the shared `Sampling`."""
+
+    prompt: str
+    seed: int
+    guidance: float
+    adapters: tuple[Adapter, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "prompt": self.prompt,
+            "seed": self.seed,
+            "guidance": self.guidance,
+            "adapters": [{"path": str(a.path), "weight": a.weight} for a in self.adapters],
+        }
+
+
+@dataclass
+class Study:
+    """A rendered study: the labelled grid, the cell images, and what each cell was made from."""
+
+    kind: str
+    title: str
+    row_labels: list[str]
+    col_labels: list[str]
+    cells: list[list[Cell]]
+    images: list[list[Image.Image]]
+    grid: Image.Image
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def metadata(self) -> dict[str, Any]:
+        """What the PNG carries: enough to re-render any cell with `boothkit generate`."""
+        return {
+            "kind": self.kind,
+            "title": self.title,
+            "rows": self.row_labels,
+            "columns": self.col_labels,
+            "cells": [[c.to_json() for c in row] for row in self.cells],
+            **self.settings,
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write the grid atomically as PNG with its parameters in text chunks."""
+        from boothkit.io import atomic_save_image
+
+        dest = Path(path).expanduser()
+        if dest.suffix.lower() != ".png":
+            raise BoothkitError(
+                f"--output {path}: a study grid is saved as PNG", hint="give the file a .png name"
+            )
+        return atomic_save_image(self.grid, dest, pnginfo=png_grid_info(self))
+
+
+def png_grid_info(study: Study) -> Any:
+    """PNG text chunks: a readable `parameters` summary and boothkit's full JSON under `boothkit`."""
+    from PIL.PngImagePlugin import PngInfo
+
+    s = study.settings
+    summary = (
+        f"boothkit {study.kind} study: {study.title}\n"
+        f"Rows: {' | '.join(study.row_labels)}\nColumns: {' | '.join(study.col_labels)}\n"
+        f"Negative prompt: {s.get('negative', '')}\n"
+        f"Steps: {s.get('steps')}, Sampler: {s.get('scheduler')}, "
+        f"Size: {s.get('width')}x{s.get('height')}, Model: {s.get('model')}"
+    )
+    info = PngInfo()
+    info.add_text("parameters", summary)
+    info.add_text("boothkit", json.dumps(study.metadata(), sort_keys=True))
+    return info
+
+
+# ----------------------------------------------------------------------------- rendering
+
+
+class Renderer:
+    """A loaded base model that renders cells, switching LoRAs in place instead of reloading.
+
+    Each distinct LoRA file is loaded once as a named adapter; a cell activates its own set with
+    its weights (`set_adapters`), and a cell without adapters runs with LoRA disabled, which is the
+    base model exactly.
+    """
+
+    def __init__(
+        self, family: Family, *, scheduler: str | None = None, model_label: str | None = None
+    ) -> None:
+        from boothkit.generate import load_pipeline
+
+        self.family = family
+        self.pipe = load_pipeline(family, [], scheduler)
+        self.scheduler = scheduler or type(self.pipe.scheduler).__name__
+        self.model_label = model_label or family.source.spec
+        self._names: dict[Path, str] = {}
+        self._active: tuple[tuple[Path, float], ...] | None = None
+
+    @classmethod
+    def load(
+        cls, model: str, *, scheduler: str | None = None, device: str = "cpu", allow_pickle: bool = False
+    ) -> Renderer:
+        from boothkit.families import LoadOptions, load_model
+
+        return cls(
+            load_model(model, LoadOptions(device=device, allow_pickle=allow_pickle)), scheduler=scheduler
+        )
+
+    def size(self, sampling: Sampling) -> tuple[int, int]:
+        res = self.family.default_resolution
+        return sampling.width or res, sampling.height or res
+
+    def settings(self, sampling: Sampling) -> dict[str, Any]:
+        width, height = self.size(sampling)
+        return {
+            "model": self.model_label,
+            "family": self.family.name,
+            "scheduler": self.scheduler,
+            "steps": sampling.steps,
+            "negative": sampling.negative,
+            "width": width,
+            "height": height,
+        }
+
+    def _adapter_name(self, adapter: Adapter) -> str:
+        if adapter.path in self._names:
+            return self._names[adapter.path]
+        if adapter.path.name == EMBEDDINGS_FILE or (adapter.path.parent / EMBEDDINGS_FILE).exists():
+            raise BoothkitError(
+                f"{adapter.path.parent} holds textual-inversion embeddings, which grids and morphs do not load yet",
+                hint="use `boothkit generate` for runs with learned embeddings",
+            )
+        name = f"study_{len(self._names)}"
+        source, kwargs = _lora_source(adapter)
+        try:
+            with warnings.catch_warnings():
+                # Several adapters side by side is the point here, not a mistake peft should warn about.
+                warnings.filterwarnings("ignore", message=".*multiple adapters.*")
+                self.pipe.load_lora_weights(source, adapter_name=name, **kwargs)
+        except (ValueError, RuntimeError, KeyError) as e:
+            raise BoothkitError(
+                f"could not apply LoRA {adapter.path} to this base model: {str(e).splitlines()[0]}",
+                hint="a LoRA only fits the model family it was trained for (SD 1.x, SD 2.x or SDXL)",
+            ) from None
+        present = {n for names in self.pipe.get_list_adapters().values() for n in names}
+        if name not in present:  # diffusers only warns when no key of the file matched the model
+            raise BoothkitError(
+                f"LoRA {adapter.path} has no layer that matches this {self.family.name} base model",
+                hint="a LoRA only fits the model family it was trained for (SD 1.x, SD 2.x or SDXL)",
+            )
+        self._names[adapter.path] = name
+        return name
+
+    def activate(self, adapters: Sequence[Adapter]) -> None:
+        """Make exactly `adapters` active with their weights (the same file twice adds its weights)."""
+        merged: dict[Path, float] = {}
+        for a in adapters:
+            merged[a.path] = merged.get(a.path, 0.0) + a.weight
+        key = tuple(merged.items())
+        if key == self._active:
+            return
+        if not merged:
+            if self._names:
+                self.pipe.disable_lora()
+        else:
+            names = [self._adapter_name(Adapter(p, w)) for p, w in merged.items()]
+            self.pipe.enable_lora()
+            self.pipe.set_adapters(names, adapter_weights=list(merged.values()))
+        self._active = key
+
+    def render(self, cell: Cell, sampling: Sampling) -> Image.Image:
+        import torch
+
+        self.activate(cell.adapters)
+        width, height = self.size(sampling)
+        with torch.no_grad():
+            image = self.pipe(
+                cell.prompt,
+                negative_prompt=sampling.negative or None,
+                num_inference_steps=sampling.steps,
+                guidance_scale=cell.guidance,
+                width=width,
+                height=height,
+                generator=torch.Generator("cpu").manual_seed(cell.seed),
+            ).images[0]
+        return image  # type: ignore[no-any-return]
+
+
+def _lora_source(adapter: Adapter) -> tuple[Any, dict[str, Any]]:
+    """What `load_lora_weights` takes for this adapter: a folder + file name, or a state dict."""
+    from boothkit.families import PICKLE_SUFFIXES, torch_load_weights
+
+    if adapter.path.name == CHECKPOINT_WEIGHTS:
+        return checkpoint_lora_state_dict(adapter.path.parent), {}
+    if adapter.path.suffix.lower() in PICKLE_SUFFIXES:  # parse_adapter allowed it: tensors only
+        return torch_load_weights(adapter.path), {}
+    return str(adapter.path.parent), {"weight_name": adapter.path.name}
+
+
+def render_study(
+    renderer: Renderer,
+    kind: str,
+    title: str,
+    cells: list[list[Cell]],
+    row_labels: list[str],
+    col_labels: list[str],
+    sampling: Sampling,
+    *,
+    progress: bool = False,
+) -> Study:
+    """Render every cell (in row order, each from its own seed) and lay them out with labels."""
+    from tqdm.auto import tqdm
+
+    from boothkit.grids import labelled_grid
+
+    if sampling.steps <= 0:
+        raise BoothkitError(f"--steps {sampling.steps}: the number of steps must be positive")
+    total = sum(len(r) for r in cells)
+    images: list[list[Image.Image]] = []
+    with tqdm(total=total, disable=not progress, unit="image", desc=f"{kind} grid") as bar:
+        for row in cells:
+            images.append([])
+            for cell in row:
+                images[-1].append(renderer.render(cell, sampling))
+                bar.update(1)
+    grid = labelled_grid(images, row_labels=row_labels, col_labels=col_labels, title=title)
+    return Study(kind, title, row_labels, col_labels, cells, images, grid, renderer.settings(sampling))
+
+
+# ----------------------------------------------------------------------------- one function per kind
+
+
+def _seed_label(seed: int) -> str:
+    return f"seed {seed}"
+
+
+def guidance_study(
+    renderer: Renderer,
+    prompt: str,
+    *,
+    values: Sequence[float] = DEFAULT_GUIDANCE,
+    seeds: Sequence[int] = (0,),
+    adapters: Sequence[Adapter] = (),
+    sampling: Sampling = Sampling(),
+    progress: bool = False,
+) -> Study:
+    """Columns: guidance scales; rows: seeds. Low guidance drifts from the prompt, high burns colours."""
+    values = _nonempty(values, "--values")
+    for g in values:
+        if g < 0:
+            raise BoothkitError(
+                f"--values: guidance scale {g} is negative", hint="use values like 1.5 3 7.5 12"
+            )
+    cells = [[Cell(prompt, s, float(g), tuple(adapters)) for g in values] for s in _nonempty(seeds, "seeds")]
+    return render_study(
+        renderer,
+        "guidance",
+        f"guidance scale: {prompt}",
+        cells,
+        [_seed_label(s) for s in seeds],
+        [f"guidance {g:g}" for g in values],
+        sampling,
+        progress=progress,
+    )
+
+
+def seeds_study(
+    renderer: Renderer,
+    prompt: str,
+    *,
+    seeds: Sequence[int],
+    adapters: Sequence[Adapter] = (),
+    sampling: Sampling = Sampling(),
+    progress: bool = False,
+) -> Study:
+    """One row, one column per seed: what varies here is only the starting noise."""
+    seeds = _nonempty(seeds, "seeds")
+    cells = [[Cell(prompt, s, sampling.guidance, tuple(adapters)) for s in seeds]]
+    return render_study(
+        renderer,
+        "seeds",
+        f"{len(seeds)} seeds: {prompt}",
+        cells,
+        [prompt],
+        [_seed_label(s) for s in seeds],
+        sampling,
+        progress=progress,
+    )
+
+
+def style_prompt(prompt: str, style: str, template: str = STYLE_TEMPLATE) -> str:
+    """`template` with {prompt} and {style} filled in (plain replacement: prompts may hold braces)."""
+    return template.replace("{prompt}", prompt).replace("{style}", style)
+
+
+def styles_study(
+    renderer: Renderer,
+    prompt: str,
+    *,
+    styles: Sequence[str] = DEFAULT_STYLES,
+    template: str = STYLE_TEMPLATE,
+    seeds: Sequence[int] = (0,),
+    adapters: Sequence[Adapter] = (),
+    sampling: Sampling = Sampling(),
+    progress: bool = False,
+) -> Study:
+    """Columns: styles; rows: seeds. A well-trained subject keeps its identity across styles."""
+    styles = _nonempty(styles, "--styles")
+    if "{style}" not in template or "{prompt}" not in template:
+        raise BoothkitError(
+            f"--style-template {template!r} must contain both {{prompt}} and {{style}}",
+            hint=f"for example {STYLE_TEMPLATE!r}",
+        )
+    cells = [
+        [Cell(style_prompt(prompt, st, template), s, sampling.guidance, tuple(adapters)) for st in styles]
+        for s in _nonempty(seeds, "seeds")
+    ]
+    return render_study(
+        renderer,
+        "styles",
+        f"styles: {style_prompt(prompt, '<style>', template)}",
+        cells,
+        [_seed_label(s) for s in seeds],
+        list(styles),
+        sampling,
+        progress=progress,
+    )
+
+
+def prompts_study(
+    renderer: Renderer,
+    prompts: Sequence[str],
+    *,
+    seeds: Sequence[int] = (0,),
+    adapters: Sequence[Adapter] = (),
+    sampling: Sampling = Sampling(),
+    title: str = "prompts",
+    progress: bool = False,
+) -> Study:
+    """Rows: prompts (a prompt file is long, rows keep the labels readable); columns: seeds."""
+    prompts = _nonempty(prompts, "prompts")
+    seeds = _nonempty(seeds, "seeds")
+    cells = [[Cell(p, s, sampling.guidance, tuple(adapters)) for s in seeds] for p in prompts]
+    return render_study(
+        renderer,
+        "prompts",
+        title,
+        cells,
+        list(prompts),
+        [_seed_label(s) for s in seeds],
+        sampling,
+        progress=progress,
+    )
+
+
+@dataclass(frozen=True)
+class Row:
+    """A row of a compare study: a label and the LoRAs on top of the base model (none = base)."""
+
+    label: str
+    adapters: tuple[Adapter, ...] = ()
+
+
+def compare_study(
+    renderer: Renderer,
+    rows: Sequence[Row],
+    prompts: Sequence[str],
+    *,
+    seeds: Sequence[int] = (0,),
+    sampling: Sampling = Sampling(),
+    progress: bool = False,
+) -> Study:
+    """Rows: models; columns: prompts (x seeds). Same prompt, seed and settings down each column,
+    so a difference between rows is the model's doing."""
+    rows = _nonempty(rows, "--row")
+    prompts = _nonempty(prompts, "prompts")
+    seeds = _nonempty(seeds, "seeds")
+    columns = [(p, s) for p in prompts for s in seeds]
+    labels = [p if len(seeds) == 1 else f"{p} ({_seed_label(s)})" for p, s in columns]
+    cells = [[Cell(p, s, sampling.guidance, r.adapters) for p, s in columns] for r in rows]
+    return render_study(
+        renderer,
+        "compare",
+        "same prompts and seeds, different models",
+        cells,
+        [r.label for r in rows],
+        labels,
+        sampling,
+        progress=progress,
+    )
+
+
+def _tidy(text: str) -> str:
+    """Collapse the gap a removed word leaves: double spaces, a space before punctuation."""
+    text = re.sub(r"\s+", " ", text).strip()
+    return re.sub(r"\s+([,.;:!?])", r"\1", text)
+
+
+def token_prompts(template: str, *, token: str, class_noun: str | None) -> tuple[str, str]:
+    """(with token, without token) for a prompt that has `{token}` or the token word itself."""
+    from boothkit.data.captions import render_prompt
+
+    if "{token}" in template:
+        with_token = render_prompt(template, token=token, class_noun=class_noun)
+        without = render_prompt(template.replace("{token}", ""), token=token, class_noun=class_noun)
+        return _tidy(with_token), _tidy(without)
+    rendered = render_prompt(template, token=token, class_noun=class_noun)
+    pattern = re.compile(rf"(?<!\w){re.escape(token)}(?!\w)")
+    if not pattern.search(rendered):
+        raise BoothkitError(
+            f"prompt {rendered!r} does not contain the token {token!r}",
+            hint="write {token} where the identifier goes, e.g. 'a photo of {token} {class_noun}', or pass --token",
+        )
+    return _tidy(rendered), _tidy(pattern.sub("", rendered))
+
+
+def token_study(
+    renderer: Renderer,
+    prompt: str = TOKEN_PROMPT,
+    *,
+    token: str = "sks",
+    class_noun: str | None = None,
+    seeds: Sequence[int] = (0, 1, 2, 3),
+    adapters: Sequence[Adapter] = (),
+    sampling: Sampling = Sampling(),
+    progress: bool = False,
+) -> Study:
+    """Rows: with / without the identifier; columns: seeds. If both rows look alike the token has
+    not learned the subject; if 'without' also shows the subject, the class has drifted."""
+    with_token, without = token_prompts(prompt, token=token, class_noun=class_noun)
+    seeds = _nonempty(seeds, "seeds")
+    cells = [[Cell(p, s, sampling.guidance, tuple(adapters)) for s in seeds] for p in (with_token, without)]
+    return render_study(
+        renderer,
+        "token",
+        f"what {token!r} adds",
+        cells,
+        [f"with token: {with_token}", f"without token: {without}"],
+        [_seed_label(s) for s in seeds],
+        sampling,
+        progress=progress,
+    )
+
+
+def _nonempty(values: Sequence[Any], what: str) -> list[Any]:
+    if not values:
+        raise BoothkitError(f"{what}: nothing to put in the grid", hint="give at least one value")
+    return list(values)
+
+
+# ----------------------------------------------------------------------------- prompt files
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    """One list of prompt templates (with {token} / {class_noun}) from a prompt file."""
+
+    name: str  # "object", "live", ... from the heading above the list; "" for a plain file
+    heading: str
+    templates: tuple[str, ...]
+
+
+_LIST_OPEN = re.compile(r"^[A-Za-z_]\w*\s*=\s*\[\s*$")
+_TOKEN_NAMES = {"unique_token", "token", "identifier", "instance_token"}
+_CLASS_NAMES = {"class_token", "class_noun", "class_name", "class_word", "class"}
+
+
+def _escape_braces(text: str) -> str:
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+def _python_template(line: str, where: str) -> str:
+    """`'a {0} {1} in the jungle'.format(unique_token, class_token),` -> 'a {token} {class_noun} in the jungle'.
+
+    Parsed with `ast`, never evaluated: only a string literal, optionally with `.format(...)` of
+    names that mean the token or the class, is accepted.
+    """
+    expr = line.rstrip().removesuffix(",").rstrip()
+    try:
+        node = ast.parse(expr, mode="eval").body
+    except SyntaxError:
+        raise BoothkitError(f"{where}: {line.strip()!r} is not a quoted prompt") from None
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if not (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "format"
+        and isinstance(node.func.value, ast.Constant)
+        and isinstance(node.func.value.value, str)
+        and not node.keywords
+        and all(isinstance(a, ast.Name) for a in node.args)
+    ):
+        raise BoothkitError(
+            f"{where}: {line.strip()!r} is not a prompt line",
+            hint="expected 'a {0} {1} ...'.format(unique_token, class_token), or a plain quoted string",
+        )
+    placeholders = []
+    for arg in node.args:
+        name = arg.id  # type: ignore[attr-defined]
+        if name in _TOKEN_NAMES:
+            placeholders.append("{token}")
+        elif name in _CLASS_NAMES:
+            placeholders.append("{class_noun}")
+        else:
+            raise BoothkitError(
+                f"{where}: .format() argument {name!r} is neither the token nor the class",
+                hint="use unique_token and class_token as in the DreamBooth dataset's prompt file",
+            )
+    out, auto = [], 0
+    try:
+        parts = list(string.Formatter().parse(node.func.value.value))
+    except ValueError as e:
+        raise BoothkitError(f"{where}: {line.strip()!r} has an unmatched brace ({e})") from None
+    for literal, fname, spec, conversion in parts:
+        out.append(_escape_braces(literal))
+        if fname is None:
+            continue
+        if fname == "":
+            index, auto = auto, auto + 1
+        elif fname.isdigit():
+            index = int(fname)
+        else:
+            raise BoothkitError(f"{where}: named field {{{fname}}} in a .format() prompt is not supported")
+        if spec or conversion or index >= len(placeholders):
+            raise BoothkitError(f"{where}: field {{{fname}}} has no matching .format() argument")
+        out.append(placeholders[index])
+    return "".join(out)
+
+
+def _set_name(heading: str, index: int) -> str:
+    words = heading.strip().lower().split()
+    return words[0] if words else f"list{index + 1}"
+
+
+def parse_prompt_sets(text: str, source: str = "prompt file") -> list[PromptSet]:
+    """The prompt lists in a prompt file.
+
+    Plain files: one prompt per line, blank lines and `#` comments skipped -> one unnamed set.
+    Python-style files (any line `name = [`), like the DreamBooth dataset's
+    `prompts_and_classes.txt`: each `[ ... ]` block is a set, named by the first word of the last
+    line of text above it ("Object Prompts" -> "object", "Live Subject Prompts" -> "live"); text
+    outside the blocks (headings, the class table) is not a prompt.
+    """
+    lines = text.splitlines()
+    python_style = any(_LIST_OPEN.match(line.strip()) for line in lines)
+    sets: list[PromptSet] = []
+    heading, opened_at, current = "", 0, []
+    for number, raw in enumerate(lines, 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if not python_style:
+            current.append(line)
+        elif not opened_at:
+            if _LIST_OPEN.match(line):
+                opened_at, current = number, []
+            else:
+                heading = line
+        elif line.startswith("]"):
+            sets.append(PromptSet(_set_name(heading, len(sets)), heading, tuple(current)))
+            opened_at = 0
+        else:
+            current.append(_python_template(line, f"{source}, line {number}"))
+    if opened_at:
+        raise BoothkitError(f"{source}: the list opened at line {opened_at} is never closed with ]")
+    if not python_style:
+        sets = [PromptSet("", "", tuple(current))]
+    sets = [s for s in sets if s.templates]
+    if not sets:
+        raise BoothkitError(f"{source} holds no prompts", hint="write one prompt per line")
+    return sets
+
+
+def choose_prompt_set(sets: Sequence[PromptSet], wanted: str | None, class_noun: str | None) -> PromptSet:
+    """`wanted` by name or heading; by default the live-subject list for dogs and cats (as in the
+    DreamBooth paper) when the file has one, else the first list."""
+    if wanted:
+        key = wanted.strip().lower()
+        for s in sets:
+            if key in (s.name, s.heading.lower()) or (s.heading and s.heading.lower().startswith(key)):
+                return s
+        names = ", ".join(s.name for s in sets if s.name) or "none: the file is one plain list"
+        raise BoothkitError(f"--prompt-set {wanted!r} is not in the prompt file", hint=f"its sets: {names}")
+    if class_noun and class_noun.strip().lower() in LIVE_CLASSES:
+        for s in sets:
+            if s.name == "live":
+                return s
+    return sets[0]
+
+
+def load_prompts(
+    path: str | Path, *, token: str = "sks", class_noun: str | None = None, prompt_set: str | None = None
+) -> tuple[PromptSet, list[str]]:
+    """Read a prompt file and render its chosen set with the token and class noun."""
+    from boothkit.data.captions import render_prompt
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise BoothkitError(
+            f"--prompts-file {path}: {file} does not exist",
+            hint="one prompt per line; {token} and {class_noun} are filled in",
+        )
+    try:
+        text = file.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise BoothkitError(f"--prompts-file {path}: could not read it as UTF-8 text ({e})") from None
+    chosen = choose_prompt_set(parse_prompt_sets(text, str(file)), prompt_set, class_noun)
+    if class_noun is None and any("{class_noun}" in t for t in chosen.templates):
+        raise BoothkitError(
+            f"the prompts in {file} name the class ({{class_noun}} / class_token)",
+            hint="pass --class-noun, e.g. --class-noun dog",
+        )
+    return chosen, [render_prompt(t, token=token, class_noun=class_noun) for t in chosen.templates]
+
+
+# ----------------------------------------------------------------------------- adapters, rows, checkpoints
+
+
+def parse_study_adapter(spec: str, *, allow_pickle: bool = False) -> Adapter:
+    """Like `parse_adapter`, plus boothkit checkpoint folders (`run/checkpoints/step-000200[:w]`)."""
+    path_part, weight = spec, 1.0
+    head, sep, tail = spec.rpartition(":")
+    if sep and head and not Path(spec).exists():
+        try:
+            weight = float(tail)
+        except ValueError:
+            return parse_adapter(spec, allow_pickle=allow_pickle)  # its error names the bad weight
+        path_part = head
+    folder = Path(path_part).expanduser()
+    if (folder / CHECKPOINT_WEIGHTS).is_file() and not (folder / "pytorch_lora_weights.safetensors").exists():
+        checkpoint_lora_state_dict(folder)  # fail now, with a clear message, if it is not a LoRA run
+        return Adapter(folder / CHECKPOINT_WEIGHTS, weight)
+    return parse_adapter(spec, allow_pickle=allow_pickle)
+
+
+def parse_row(text: str, *, allow_pickle: bool = False) -> Row:
+    """`LABEL=SPEC`, SPEC being `base` or adapter specs joined by `+` (`runs/a:0.5+style.safetensors`)."""
+    label, sep, spec = text.partition("=")
+    if not sep:
+        label, spec = text, text
+    label, spec = label.strip(), spec.strip()
+    if not spec:
+        raise BoothkitError(f"--row {text!r} has no model after '='", hint="e.g. --row 'LoRA 0.5=runs/a:0.5'")
+    if spec.lower() == "base":
+        return Row(label or "base")
+    # A path that exists is one adapter even if its name holds a '+'.
+    parts = [spec] if Path(spec).expanduser().exists() else [p.strip() for p in spec.split("+")]
+    if not all(parts):
+        raise BoothkitError(f"--row {text!r}: an empty adapter between '+' signs")
+    return Row(label or spec, tuple(parse_study_adapter(p, allow_pickle=allow_pickle) for p in parts))
+
+
+def checkpoint_lora_state_dict(folder: Path) -> dict[str, Any]:
+    """A training checkpoint's LoRA tensors in the layout `load_lora_weights` reads.
+
+    Checkpoints store peft's parameter names (`unet.<module>.lora_A.default.weight`) and no
+    adapter config; diffusers reads such tensors with alpha = rank (scale 1). So the adapter name
+    is dropped and lora_B is multiplied by the run's alpha / rank, which gives the same update
+    W + (alpha / rank) B A the run trained.
+    """
+    from safetensors.torch import load_file
+
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+        config = dict(manifest["config"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise BoothkitError(
+            f"{folder} has no readable manifest.json, so its LoRA settings are unknown",
+            hint="pass a complete checkpoint folder (run/checkpoints/step-NNNNNN) or a run folder",
+        ) from None
+    method = config.get("method", "lora")
+    if method != "lora":
+        raise BoothkitError(
+            f"{folder} is a checkpoint of a {method!r} run; only LoRA checkpoints can be compared"
+        )
+    rank = float(config.get("rank") or 0)
+    alpha = config.get("lora_alpha")
+    scale = float(alpha) / rank if alpha is not None and rank else 1.0
+    pattern = re.compile(r"^(?P<module>.+)\.(?P<which>lora_[AB])\.[^.]+\.weight$")
+    out: dict[str, Any] = {}
+    for key, tensor in load_file(folder / CHECKPOINT_WEIGHTS).items():
+        m = pattern.match(key)
+        if not m:
+            continue
+        value = tensor * scale if m["which"] == "lora_B" and scale != 1.0 else tensor
+        out[f"{m['module']}.{m['which']}.weight"] = value
+    if not out:
+        raise BoothkitError(f"{folder / CHECKPOINT_WEIGHTS} holds no LoRA tensors")
+    return out
+
+
+# ----------------------------------------------------------------------------- one entry point for the CLI
+
+
+@dataclass
+class StudyRequest:
+    """Everything `boothkit grid` can be asked, checked before the model loads."""
+
+    kind: str
+    model: str
+    loras: Sequence[str] = ()
+    prompts: Sequence[str] = ()
+    prompts_file: str | None = None
+    prompt_set: str | None = None
+    rows: Sequence[str] = ()
+    token: str = "sks"
+    class_noun: str | None = None
+    seed: int = 0
+    seeds: Sequence[int] | None = None
+    num_seeds: int | None = None
+    values: Sequence[float] | None = None
+    styles: Sequence[str] | None = None
+    style_template: str = STYLE_TEMPLATE
+    sampling: Sampling = Sampling()
+    scheduler: str | None = None
+    device: str = "cpu"
+    allow_pickle: bool = False
+
+
+def resolve_seeds(kind: str, seed: int, seeds: Sequence[int] | None, num_seeds: int | None) -> list[int]:
+    """`--seeds` as given, else `--num-seeds` (default per kind) consecutive seeds from `--seed`."""
+    if seeds:
+        return list(seeds)
+    n = num_seeds if num_seeds is not None else DEFAULT_NUM_SEEDS.get(kind, 1)
+    if n <= 0:
+        raise BoothkitError(f"--num-seeds {n}: must be at least 1")
+    return list(range(seed, seed + n))
+
+
+def run_study(request: StudyRequest, *, renderer: Renderer | None = None, progress: bool = False) -> Study:
+    """Check the request, load the model (unless a renderer is given) and render the study."""
+    from boothkit.data.captions import render_prompt
+    from boothkit.generate import SCHEDULERS
+
+    r = request
+    if r.kind not in KINDS:
+        raise BoothkitError(f"unknown grid kind {r.kind!r}", hint=f"choose one of {', '.join(KINDS)}")
+    if r.scheduler is not None and r.scheduler not in SCHEDULERS:
+        raise BoothkitError(
+            f"--scheduler {r.scheduler!r} is not known; choose one of {', '.join(SCHEDULERS)}"
+        )
+    if r.sampling.steps <= 0:
+        raise BoothkitError(f"--steps {r.sampling.steps}: the number of steps must be positive")
+    seeds = resolve_seeds(r.kind, r.seed, r.seeds, r.num_seeds)
+    adapters = tuple(parse_study_adapter(s, allow_pickle=r.allow_pickle) for s in r.loras)
+    prompts = [render_prompt(p, token=r.token, class_noun=r.class_noun) for p in r.prompts]
+    title = ""
+    if r.kind == "compare" and adapters:
+        raise BoothkitError(
+            "compare takes its models from --row, not --lora", hint="e.g. --row 'mine=runs/a'"
+        )
+    if r.kind in ("prompts", "compare") and r.prompts_file:
+        chosen, from_file = load_prompts(
+            r.prompts_file, token=r.token, class_noun=r.class_noun, prompt_set=r.prompt_set
+        )
+        prompts += from_file
+        title = f"{(chosen.heading or 'prompts').lower()} ({len(from_file)})"
+    elif r.prompts_file:
+        raise BoothkitError(f"--prompts-file is for the prompts and compare grids, not {r.kind}")
+    rows = [parse_row(t, allow_pickle=r.allow_pickle) for t in r.rows]
+    if r.kind == "compare" and not rows:
+        raise BoothkitError("compare needs rows", hint="e.g. --row base=base --row 'LoRA=runs/a:1.0'")
+    if r.kind in ("guidance", "seeds", "styles") and len(prompts) != 1:
+        raise BoothkitError(f"the {r.kind} grid takes exactly one --prompt (got {len(prompts)})")
+    if r.kind in ("prompts", "compare") and not prompts:
+        raise BoothkitError(
+            f"the {r.kind} grid needs prompts", hint="pass --prompt (repeatable) or --prompts-file"
+        )
+    if r.kind == "token" and len(r.prompts) > 1:
+        raise BoothkitError(f"the token grid takes one --prompt (got {len(r.prompts)})")
+
+    renderer = renderer or Renderer.load(
+        r.model, scheduler=r.scheduler, device=r.device, allow_pickle=r.allow_pickle
+    )
+    common: dict[str, Any] = {"sampling": r.sampling, "progress": progress}
+    if r.kind == "guidance":
+        return guidance_study(
+            renderer,
+            prompts[0],
+            values=r.values or DEFAULT_GUIDANCE,
+            seeds=seeds,
+            adapters=adapters,
+            **common,
+        )
+    if r.kind == "seeds":
+        return seeds_study(renderer, prompts[0], seeds=seeds, adapters=adapters, **common)
+    if r.kind == "styles":
+        return styles_study(
+            renderer,
+            prompts[0],
+            styles=r.styles or DEFAULT_STYLES,
+            template=r.style_template,
+            seeds=seeds,
+            adapters=adapters,
+            **common,
+        )
+    if r.kind == "prompts":
+        return prompts_study(
+            renderer,
+            prompts,
+            seeds=seeds,
+            adapters=adapters,
+            title=title or f"{len(prompts)} prompts",
+            **common,
+        )
+    if r.kind == "compare":
+        return compare_study(renderer, rows, prompts, seeds=seeds, **common)
+    return token_study(
+        renderer,
+        r.prompts[0] if r.prompts else TOKEN_PROMPT,
+        token=r.token,
+        class_noun=r.class_noun,
+        seeds=seeds,
+        adapters=adapters,
+        **common,
+    )
+
+
+__all__ = [
+    "DEFAULT_GUIDANCE",
+    "DEFAULT_STYLES",
+    "KINDS",
+    "STYLE_TEMPLATE",
+    "Cell",
+    "PromptSet",
+    "Renderer",
+    "Row",
+    "Sampling",
+    "Study",
+    "StudyRequest",
+    "checkpoint_lora_state_dict",
+    "compare_study",
+    "guidance_study",
+    "load_prompts",
+    "parse_prompt_sets",
+    "parse_row",
+    "parse_study_adapter",
+    "prompts_study",
+    "run_study",
+    "seeds_study",
+    "styles_study",
+    "token_prompts",
+    "token_study",
+]

@@ -1,0 +1,391 @@
+"""Study grids on the tiny SD1 model: layout, labels, metadata, determinism, LoRA rows, prompt files, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from boothkit.cli import main
+from boothkit.errors import BoothkitError
+from boothkit.studies import (
+    DEFAULT_STYLES,
+    KINDS,
+    Renderer,
+    Sampling,
+    StudyRequest,
+    choose_prompt_set,
+    compare_study,
+    guidance_study,
+    load_prompts,
+    parse_prompt_sets,
+    parse_row,
+    resolve_seeds,
+    run_study,
+    seeds_study,
+    style_prompt,
+    styles_study,
+    token_prompts,
+    token_study,
+)
+from conftest import SHARED, fast_settings, make_photos
+
+FAST = Sampling(steps=2, width=32, height=32)
+CELL = 128 + 4  # labelled_grid upscales 32 px cells x4 to 128 px, plus 4 px padding
+LABEL_W = 160
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """32 px images gain nothing from intra-op threads, and on a busy shared CPU OpenMP's spinning
+    threads make them 10-100x slower; one thread is also bit-for-bit deterministic."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def renderer(tiny_model) -> Renderer:
+    return Renderer.load(str(tiny_model("sd1")))
+
+
+@pytest.fixture(scope="module")
+def lora_run(tiny_model, tmp_path_factory) -> Path:
+    """A 4-step LoRA run with a checkpoint at its last step (about a second of training)."""
+    from boothkit.config import TrainConfig
+    from boothkit.train import train
+
+    root = tmp_path_factory.mktemp("study_run")
+    config = TrainConfig(
+        model=str(tiny_model("sd1")),
+        images=str(make_photos(root / "photos")),
+        output=str(root / "run"),
+        class_noun="dog",
+        **fast_settings(checkpoint_every=4, prior=False),  # type: ignore[arg-type]
+    )
+    return train(config, progress=False, log=lambda s: None).output
+
+
+def pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image.convert("RGB"))
+
+
+def cell_crop(grid: Image.Image, n_rows: int, row: int, col: int, left: int = LABEL_W) -> Image.Image:
+    """Where labelled_grid pastes cell (row, col): rows are stacked from the bottom edge up."""
+    y = grid.height - (n_rows - row) * CELL
+    x = left + 4 + col * CELL
+    return grid.crop((x, y, x + 128, y + 128))
+
+
+# ----------------------------------------------------------------------------- layout, labels, metadata
+
+
+def test_guidance_grid_layout_labels_and_png_metadata(renderer, tmp_path) -> None:
+    study = guidance_study(renderer, "a photo of sks dog", values=(1.5, 7.5, 20), seeds=(0, 1), sampling=FAST)
+    assert study.col_labels == ["guidance 1.5", "guidance 7.5", "guidance 20"]
+    assert study.row_labels == ["seed 0", "seed 1"]
+    assert study.grid.width == LABEL_W + 3 * CELL + 4
+    assert study.grid.height > 2 * CELL  # rows plus title and column labels
+    for i in range(2):
+        for j in range(3):
+            assert study.cells[i][j].guidance == [1.5, 7.5, 20][j] and study.cells[i][j].seed == i
+            upscaled = study.images[i][j].resize((128, 128), Image.Resampling.NEAREST)
+            assert np.array_equal(pixels(cell_crop(study.grid, 2, i, j)), pixels(upscaled))
+    distinct = {pixels(im).tobytes() for row in study.images for im in row}
+    assert len(distinct) == 6
+
+    path = study.save(tmp_path / "g.png")
+    info = Image.open(path).info
+    meta = json.loads(info["boothkit"])
+    assert meta["kind"] == "guidance" and meta["rows"] == ["seed 0", "seed 1"]
+    assert meta["columns"] == study.col_labels and meta["steps"] == 2 and meta["width"] == 32
+    assert meta["cells"][1][2] == {
+        "prompt": "a photo of sks dog",
+        "seed": 1,
+        "guidance": 20.0,
+        "adapters": [],
+    }
+    assert "guidance 7.5" in info["parameters"] and "Steps: 2" in info["parameters"]
+    assert not list(tmp_path.glob(".*.tmp"))  # written atomically: no temporary left behind
+
+
+def test_more_columns_make_a_wider_grid_and_more_rows_a_taller_one(renderer) -> None:
+    one = seeds_study(renderer, "a dog", seeds=(3,), sampling=FAST)
+    three = seeds_study(renderer, "a dog", seeds=(3, 4, 5), sampling=FAST)
+    assert three.grid.width - one.grid.width == 2 * CELL and three.grid.height == one.grid.height
+    assert three.col_labels == ["seed 3", "seed 4", "seed 5"] and three.row_labels == ["a dog"]
+    # the seed-3 cell is the same image whichever grid it is in: each cell has its own generator
+    assert np.array_equal(pixels(one.images[0][0]), pixels(three.images[0][0]))
+    tall = guidance_study(renderer, "a dog", values=(7.5,), seeds=(3, 4, 5), sampling=FAST)
+    assert (
+        tall.grid.height
+        - guidance_study(renderer, "a dog", values=(7.5,), seeds=(3,), sampling=FAST).grid.height
+        == 2 * CELL
+    )
+
+
+def test_same_arguments_give_identical_bytes(renderer, tmp_path) -> None:
+    def once(name: str) -> bytes:
+        study = styles_study(renderer, "a sks dog", styles=("anime", "pixel art"), seeds=(5,), sampling=FAST)
+        return study.save(tmp_path / name).read_bytes()
+
+    assert once("a.png") == once("b.png")
+
+
+def test_styles_prompts_and_defaults(renderer) -> None:
+    assert len(DEFAULT_STYLES) == 9 and "Ukiyo-e woodblock print" in DEFAULT_STYLES
+    assert style_prompt("a sks dog", "watercolor") == "a sks dog, watercolor style"
+    study = styles_study(renderer, "a sks dog", styles=("anime", "Van Gogh"), sampling=FAST)
+    assert [c.prompt for c in study.cells[0]] == ["a sks dog, anime style", "a sks dog, Van Gogh style"]
+    assert study.col_labels == ["anime", "Van Gogh"]
+    with pytest.raises(BoothkitError, match="must contain both"):
+        styles_study(renderer, "a dog", template="{prompt} painted", sampling=FAST)
+
+
+# ----------------------------------------------------------------------------- compare: LoRA rows
+
+
+def test_compare_rows_weight_zero_is_base_and_a_checkpoint_matches_its_run(renderer, lora_run) -> None:
+    checkpoint = lora_run / "checkpoints" / "step-000004"
+    rows = [
+        parse_row(f"LoRA 1.0={lora_run}:1.0"),
+        parse_row("base=base"),
+        parse_row(f"LoRA 0={lora_run}:0"),
+        parse_row(f"step 4={checkpoint}"),
+    ]
+    study = compare_study(renderer, rows, ["a photo of sks dog", "a sks dog on the beach"], sampling=FAST)
+    assert study.row_labels == ["LoRA 1.0", "base", "LoRA 0", "step 4"]
+    assert study.col_labels == ["a photo of sks dog", "a sks dog on the beach"]
+    full, base, zero, ckpt = ([pixels(im) for im in row] for row in study.images)
+    for j in range(2):
+        assert np.array_equal(zero[j], base[j])  # weight 0 adds exactly nothing
+        assert not np.array_equal(full[j], base[j])  # the LoRA changes the picture
+        assert np.array_equal(ckpt[j], full[j])  # the last checkpoint is the saved LoRA
+    assert study.cells[0][0].adapters[0].weight == 1.0 and study.cells[1][0].adapters == ()
+
+
+def test_parse_row_forms_and_errors(lora_run, tmp_path) -> None:
+    assert parse_row("base=base").adapters == ()
+    two = parse_row(f"mix={lora_run}:0.5+{lora_run / 'pytorch_lora_weights.safetensors'}:0.25")
+    assert two.label == "mix" and [a.weight for a in two.adapters] == [0.5, 0.25]
+    unnamed = parse_row(f"{lora_run}:0.7")
+    assert unnamed.label == f"{lora_run}:0.7" and unnamed.adapters[0].weight == 0.7
+    with pytest.raises(BoothkitError, match="weight 'abc' is not a number"):
+        parse_row(f"x={lora_run}:abc")
+    with pytest.raises(BoothkitError, match="does not exist"):
+        parse_row(f"x={tmp_path / 'nope'}")
+    with pytest.raises(BoothkitError, match="no model after"):
+        parse_row("x=")
+
+
+def test_lora_of_another_family_is_refused(tiny_model, lora_run) -> None:
+    sdxl = Renderer.load(str(tiny_model("sdxl")))
+    with pytest.raises(BoothkitError, match="could not apply LoRA|no layer that matches"):
+        sdxl.activate(parse_row(f"x={lora_run}").adapters)
+
+
+# ----------------------------------------------------------------------------- token
+
+
+def test_token_prompts() -> None:
+    assert token_prompts("a photo of {token} {class_noun}", token="sks", class_noun="dog") == (
+        "a photo of sks dog",
+        "a photo of dog",
+    )
+    assert token_prompts("a sks dog, smiling", token="sks", class_noun=None) == (
+        "a sks dog, smiling",
+        "a dog, smiling",
+    )
+    assert token_prompts("{token}, in snow", token="zwx", class_noun=None) == ("zwx, in snow", ", in snow")
+    with pytest.raises(BoothkitError, match="does not contain the token 'sks'"):
+        token_prompts("a photo of a dog", token="sks", class_noun="dog")
+
+
+def test_token_grid_rows_with_and_without(renderer) -> None:
+    study = token_study(renderer, token="sks", class_noun="dog", seeds=(0, 1), sampling=FAST)
+    assert study.row_labels == ["with token: a photo of sks dog", "without token: a photo of dog"]
+    assert study.col_labels == ["seed 0", "seed 1"]
+    assert [c.prompt for c in study.cells[1]] == ["a photo of dog"] * 2
+    assert not np.array_equal(pixels(study.images[0][0]), pixels(study.images[1][0]))
+
+
+# ----------------------------------------------------------------------------- prompt files
+
+
+@pytest.mark.skipif(not (SHARED / "prompts_and_classes.txt").is_file(), reason="shared dataset not present")
+def test_the_dreambooth_prompt_file_parses_into_two_lists_of_25() -> None:
+    text = (SHARED / "prompts_and_classes.txt").read_text(encoding="utf-8")
+    sets = parse_prompt_sets(text)
+    assert [s.name for s in sets] == ["object", "live"]
+    assert [len(s.templates) for s in sets] == [25, 25]
+    assert sets[0].templates[0] == "a {token} {class_noun} in the jungle"
+    assert "a {token} {class_noun} wearing a santa hat" in sets[1].templates
+    assert not any("backpack" in t for s in sets for t in s.templates)  # the class table is not prompts
+
+    chosen, prompts = load_prompts(SHARED / "prompts_and_classes.txt", token="sks", class_noun="dog")
+    assert chosen.name == "live" and prompts[0] == "a sks dog in the jungle" and len(prompts) == 25
+    chosen, prompts = load_prompts(SHARED / "prompts_and_classes.txt", token="zwx", class_noun="teapot")
+    assert chosen.name == "object" and prompts[-1] == "a cube shaped zwx teapot"
+    chosen, _ = load_prompts(SHARED / "prompts_and_classes.txt", class_noun="dog", prompt_set="object")
+    assert chosen.name == "object"
+    with pytest.raises(BoothkitError, match="pass --class-noun"):
+        load_prompts(SHARED / "prompts_and_classes.txt")
+
+
+def test_plain_and_python_prompt_lines(tmp_path) -> None:
+    plain = parse_prompt_sets("# a comment\n\na photo of {token} {class_noun}\n  a {token} on the moon  \n")
+    assert len(plain) == 1 and plain[0].templates == (
+        "a photo of {token} {class_noun}",
+        "a {token} on the moon",
+    )
+    python = parse_prompt_sets(
+        "Mine\nprompts = [\n"
+        "'a {} {} in the rain'.format(unique_token, class_token),\n"
+        '"the {1} called {0}".format(unique_token, class_token),\n'
+        "'a {{literal}} {0}'.format(unique_token),\n"
+        "'plain {token} line',\n]\n"
+    )
+    assert python[0].name == "mine"
+    assert python[0].templates == (
+        "a {token} {class_noun} in the rain",
+        "the {class_noun} called {token}",
+        "a {{literal}} {token}",
+        "plain {token} line",
+    )
+    with pytest.raises(BoothkitError, match="neither the token nor the class"):
+        parse_prompt_sets("p = [\n'a {0}'.format(os),\n]\n")
+    with pytest.raises(BoothkitError, match="line 2"):
+        parse_prompt_sets("p = [\n__import__('os').system('x'),\n]\n")
+    with pytest.raises(BoothkitError, match="never closed"):
+        parse_prompt_sets("p = [\n'a',\n")
+    with pytest.raises(BoothkitError, match="not in the prompt file"):
+        choose_prompt_set(python, "live", None)
+    with pytest.raises(BoothkitError, match="does not exist"):
+        load_prompts(tmp_path / "missing.txt")
+
+
+def test_seed_defaults_per_kind() -> None:
+    assert resolve_seeds("seeds", 10, None, None) == list(range(10, 18))
+    assert resolve_seeds("token", 0, None, None) == [0, 1, 2, 3]
+    assert resolve_seeds("guidance", 7, None, None) == [7]
+    assert resolve_seeds("styles", 0, [5, 9], 3) == [5, 9]
+    with pytest.raises(BoothkitError):
+        resolve_seeds("seeds", 0, None, 0)
+
+
+def test_run_study_checks_input_before_loading_the_model(tmp_path) -> None:
+    def req(**kw) -> StudyRequest:
+        return StudyRequest(model=str(tmp_path / "no-model"), **{"kind": "guidance", "prompts": ["x"], **kw})
+
+    for kw, needle in [
+        ({"kind": "colours"}, "unknown grid kind"),
+        ({"prompts": []}, "exactly one --prompt"),
+        ({"kind": "compare"}, "compare needs rows"),
+        ({"kind": "prompts", "prompts": [], "prompts_file": str(tmp_path / "p.txt")}, "does not exist"),
+        ({"scheduler": "nope"}, "--scheduler 'nope' is not known"),
+        ({"prompts": ["a {tokn}"]}, "unknown placeholder"),
+    ]:
+        with pytest.raises(BoothkitError, match=needle):
+            run_study(req(**kw))
+    assert set(KINDS) == {"guidance", "seeds", "styles", "prompts", "compare", "token"}
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_cli_grid_prompts_file_end_to_end(capsys, tiny_model, tmp_path) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(
+        "# two prompts\na photo of {token} {class_noun}\n\na {token} {class_noun} in the snow\n"
+    )
+    out = tmp_path / "grids" / "prompts.png"
+    code, stdout, err = run_cli(
+        capsys,
+        "grid",
+        "prompts",
+        "--model",
+        str(tiny_model("sd1")),
+        "--prompts-file",
+        str(prompts),
+        "--class-noun",
+        "cat",
+        "--token",
+        "zwx",
+        "--seeds",
+        "1",
+        "2",
+        "--steps",
+        "2",
+        "--width",
+        "32",
+        "--height",
+        "32",
+        "--quiet",
+        "--output",
+        str(out),
+    )
+    assert code == 0, err
+    assert str(out) in stdout
+    meta = json.loads(Image.open(out).info["boothkit"])
+    assert meta["rows"] == ["a photo of zwx cat", "a zwx cat in the snow"] and meta["columns"] == [
+        "seed 1",
+        "seed 2",
+    ]
+    assert Image.open(out).size == (LABEL_W + 2 * CELL + 4, Image.open(out).height)
+
+
+def test_cli_grid_compare_end_to_end(capsys, tiny_model, lora_run, tmp_path) -> None:
+    out = tmp_path / "compare.png"
+    code, _, err = run_cli(
+        capsys,
+        "grid",
+        "compare",
+        "--model",
+        str(tiny_model("sd1")),
+        "--row",
+        "base=base",
+        "--row",
+        f"LoRA 0.5={lora_run}:0.5",
+        "--prompt",
+        "a photo of {token} dog",
+        "--steps",
+        "2",
+        "--width",
+        "32",
+        "--height",
+        "32",
+        "--quiet",
+        "--output",
+        str(out),
+    )
+    assert code == 0, err
+    meta = json.loads(Image.open(out).info["boothkit"])
+    assert meta["rows"] == ["base", "LoRA 0.5"] and meta["columns"] == ["a photo of sks dog"]
+    assert meta["cells"][1][0]["adapters"][0]["weight"] == 0.5
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["colours", "--prompt", "x"], "unknown grid kind 'colours'"),
+        (["compare", "--row", "a=RUN:abc", "--prompt", "x"], "weight 'abc' is not a number"),
+        (["prompts", "--prompts-file", "MISSING"], "does not exist"),
+        (["seeds", "--prompt", "x", "--output", "grid.jpg"], "saved as PNG"),
+    ],
+)
+def test_cli_grid_bad_input_exits_2(capsys, tmp_path, lora_run, args, needle) -> None:
+    args = [a.replace("RUN", str(lora_run)).replace("MISSING", str(tmp_path / "missing.txt")) for a in args]
+    code, _, err = run_cli(capsys, "grid", *args[:1], "--model", str(tmp_path / "no-model"), *args[1:])
+    assert code == 2 and needle in err and "Traceback" not in err
