@@ -389,3 +389,47 @@ def test_cli_grid_bad_input_exits_2(capsys, tmp_path, lora_run, args, needle) ->
     args = [a.replace("RUN", str(lora_run)).replace("MISSING", str(tmp_path / "missing.txt")) for a in args]
     code, _, err = run_cli(capsys, "grid", *args[:1], "--model", str(tmp_path / "no-model"), *args[1:])
     assert code == 2 and needle in err and "Traceback" not in err
+
+
+def test_compare_grid_takes_textual_inversion_and_pivotal_runs(tiny_model, photos, tmp_path) -> None:
+    """Runs with learned embeddings render in grids: their placeholder token takes the learned vectors."""
+    from boothkit.cli import main as cli_main
+    from boothkit.config import TrainConfig
+    from boothkit.train import train
+    from conftest import fast_settings
+
+    model = tiny_model("sd1")
+    runs = {}
+    for method, token in (("ti", "sks"), ("pivotal", "zwx")):  # one pipeline holds both tokens
+        cfg = TrainConfig(
+            model=str(model),
+            images=str(photos),
+            output=str(tmp_path / method),
+            class_noun="dog",
+            method=method,
+            token=token,
+            **fast_settings(steps=2, ti_lr=0.05),
+        )  # type: ignore[arg-type]
+        runs[method] = train(cfg, progress=False, log=lambda s: None).output
+    out = tmp_path / "grid.png"
+    code = cli_main(
+        [
+            "grid",
+            "compare",
+            "--model",
+            str(model),
+            "--row",
+            "base=base",
+            "--row",
+            f"ti={runs['ti']}",
+            "--row",
+            f"pivotal={runs['pivotal']}",
+            "--prompt",
+            "a photo of <sks> <zwx> dog",
+            "--steps",
+            "2",
+            "--output",
+            str(out),
+        ]
+    )
+    assert code == 0 and out.is_file()

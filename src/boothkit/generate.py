@@ -128,11 +128,39 @@ def load_embeddings(pipe: Any, path: Path) -> str:
     return token
 
 
-def apply_adapters(pipe: Any, adapters: list[Adapter]) -> None:
-    """Load each LoRA as a named adapter (and a run's learned embeddings), activate all with their weights."""
+FAMILY_NAMES = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
+_SS_FAMILIES = {"sd_v1": "sd1", "sd_v2": "sd2", "sdxl_base_v1-0": "sdxl"}
+
+
+def trained_family(path: Path) -> str | None:
+    """The family a .safetensors adapter says it was trained for (boothkit or kohya metadata)."""
+    if path.suffix.lower() != ".safetensors":
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    return meta.get("boothkit_family") or _SS_FAMILIES.get(meta.get("ss_base_model_version", ""))
+
+
+def check_family(adapter: Path, base_family: str | None) -> None:
+    trained = trained_family(adapter)
+    if base_family and trained and trained != base_family:
+        raise BoothkitError(
+            f"{adapter} was trained for {FAMILY_NAMES.get(trained, trained)} ({trained}) but the base model is "
+            f"{FAMILY_NAMES.get(base_family, base_family)} ({base_family})",
+            hint=f"use it with a {FAMILY_NAMES.get(trained, trained)} base model, or train one for this model",
+        )
+
+
+def apply_adapters(pipe: Any, adapters: list[Adapter], family: str | None = None) -> None:
+    """Load each LoRA as a named adapter (and a run's learned embeddings), activate all with their weights.
+
+    `family` is the base model's; an adapter trained for another family is refused by name."""
     names, weights = [], []
     for i, adapter in enumerate(adapters):
         name = f"adapter_{i}"
+        check_family(adapter.path, family)
         if is_embeddings_file(adapter.path):
             load_embeddings(pipe, adapter.path)
             continue
@@ -149,6 +177,12 @@ def apply_adapters(pipe: Any, adapters: list[Adapter]) -> None:
                 f"could not apply LoRA {adapter.path} to this base model: {str(e).splitlines()[0]}",
                 hint="a LoRA only fits the model family it was trained for (SD 1.x, SD 2.x or SDXL)",
             ) from None
+        present = {n for listed in pipe.get_list_adapters().values() for n in listed}
+        if name not in present:  # diffusers only warns when no key of the file matches the model
+            raise BoothkitError(
+                f"LoRA {adapter.path} has no layer that matches this {FAMILY_NAMES.get(family or '', 'base')} model",
+                hint="a LoRA only fits the model family it was trained for (SD 1.x, SD 2.x or SDXL)",
+            )
         names.append(name)
         weights.append(adapter.weight)
     if names:
@@ -178,7 +212,7 @@ def load_pipeline(
     family = model if not isinstance(model, str) else load_model(model, LoadOptions(device=device))
     pipe = family.pipeline()
     set_scheduler(pipe, scheduler)
-    apply_adapters(pipe, adapters)
+    apply_adapters(pipe, adapters, family.name)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -169,6 +169,7 @@ class Renderer:
         self.scheduler = scheduler or type(self.pipe.scheduler).__name__
         self.model_label = model_label or family.source.spec
         self._names: dict[Path, str] = {}
+        self._embeddings: set[Path] = set()
         self._active: tuple[tuple[Path, float], ...] | None = None
 
     @classmethod
@@ -197,14 +198,26 @@ class Renderer:
             "height": height,
         }
 
-    def _adapter_name(self, adapter: Adapter) -> str:
+    def _load_embeddings(self, path: Path) -> None:
+        """Add a run's learned token(s) to the tokenizer once. Tokens are global to the pipeline: a row
+        without that run renders its placeholder with the learned vectors too (only prompts that
+        name the placeholder are affected)."""
+        from boothkit.generate import load_embeddings
+
+        if path not in self._embeddings:
+            load_embeddings(self.pipe, path)
+            self._embeddings.add(path)
+
+    def _adapter_name(self, adapter: Adapter) -> str | None:
         if adapter.path in self._names:
             return self._names[adapter.path]
-        if adapter.path.name == EMBEDDINGS_FILE or (adapter.path.parent / EMBEDDINGS_FILE).exists():
-            raise BoothkitError(
-                f"{adapter.path.parent} holds textual-inversion embeddings, which grids and morphs do not load yet",
-                hint="use `boothkit generate` for runs with learned embeddings",
-            )
+        from boothkit.generate import is_embeddings_file
+
+        if is_embeddings_file(adapter.path):  # a textual-inversion run: no LoRA to switch
+            self._load_embeddings(adapter.path)
+            return None
+        if (adapter.path.parent / EMBEDDINGS_FILE).exists():  # pivotal tuning: LoRA + embeddings
+            self._load_embeddings(adapter.path.parent / EMBEDDINGS_FILE)
         name = f"study_{len(self._names)}"
         source, kwargs = _lora_source(adapter)
         try:
@@ -238,9 +251,13 @@ class Renderer:
             if self._names:
                 self.pipe.disable_lora()
         else:
-            names = [self._adapter_name(Adapter(p, w)) for p, w in merged.items()]
-            self.pipe.enable_lora()
-            self.pipe.set_adapters(names, adapter_weights=list(merged.values()))
+            named = [(self._adapter_name(Adapter(p, w)), w) for p, w in merged.items()]
+            loras = [(n, w) for n, w in named if n is not None]
+            if loras:
+                self.pipe.enable_lora()
+                self.pipe.set_adapters([n for n, _ in loras], adapter_weights=[w for _, w in loras])
+            elif self._names:
+                self.pipe.disable_lora()
         self._active = key
 
     def render(self, cell: Cell, sampling: Sampling) -> Image.Image:

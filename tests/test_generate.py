@@ -1,0 +1,125 @@
+"""`boothkit generate`: seeded pixels, several adapters, parameters in the PNG, clear family mismatches."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from boothkit.config import TrainConfig
+from boothkit.errors import BoothkitError
+from boothkit.generate import Adapter, generate, load_pipeline, parse_adapter
+from boothkit.train import train
+from conftest import fast_settings
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_model, tmp_path_factory) -> dict[str, Path]:
+    from conftest import make_photos
+
+    root = tmp_path_factory.mktemp("runs")
+    photos = make_photos(root / "photos")
+    out = {}
+    for name, family, method in (
+        ("sd1", "sd1", "lora"),
+        ("sd1b", "sd1", "lora"),
+        ("sdxl", "sdxl", "lora"),
+        ("sd1_ti", "sd1", "ti"),
+    ):
+        cfg = TrainConfig(
+            model=str(tiny_model(family)),
+            images=str(photos),
+            output=str(root / name),
+            class_noun="dog",
+            method=method,
+            **fast_settings(steps=3, seed=len(out), ti_lr=0.05),
+        )  # type: ignore[arg-type]
+        out[name] = train(cfg, progress=False, log=lambda s: None).output
+    return out
+
+
+def _pixels(paths: list[Path]) -> list[np.ndarray]:
+    return [np.asarray(Image.open(p)) for p in paths]
+
+
+def test_same_arguments_same_pixels_and_metadata(tiny_model, runs, tmp_path) -> None:
+    kw = {
+        "adapters": [parse_adapter(f"{runs['sd1']}:0.7")],
+        "seed": 5,
+        "num_images": 2,
+        "steps": 3,
+        "scheduler": "euler_a",
+        "negative": "blurry",
+    }
+    a = generate(str(tiny_model("sd1")), "a photo of sks dog", output=tmp_path / "a", **kw)  # type: ignore[arg-type]
+    b = generate(str(tiny_model("sd1")), "a photo of sks dog", output=tmp_path / "b", **kw)  # type: ignore[arg-type]
+    assert all(np.array_equal(x, y) for x, y in zip(_pixels(a), _pixels(b), strict=True))
+    assert not np.array_equal(_pixels(a)[0], _pixels(a)[1])  # image k uses seed + k
+    params = json.loads(Image.open(a[1]).info["boothkit"])
+    assert params["seed"] == 6 and params["scheduler"] == "euler_a" and params["adapters"][0]["weight"] == 0.7
+    assert "Negative prompt: blurry" in Image.open(a[0]).info["parameters"]
+
+
+@pytest.mark.parametrize("scheduler", ["dpm++2m", "euler", "euler_a", "ddim", "pndm"])
+def test_every_scheduler_runs(tiny_model, scheduler, tmp_path) -> None:
+    paths = generate(str(tiny_model("sd1")), "a dog", steps=2, scheduler=scheduler, output=tmp_path)
+    assert len(paths) == 1
+
+
+def test_weight_zero_is_the_base_and_two_adapters_add(tiny_model, runs) -> None:
+    import torch
+
+    def image(adapters):
+        pipe = load_pipeline(str(tiny_model("sd1")), adapters)
+        return pipe(
+            "a photo of sks dog",
+            num_inference_steps=2,
+            output_type="np",
+            generator=torch.Generator().manual_seed(0),
+        ).images
+
+    base = image([])
+    assert np.array_equal(image([Adapter(runs["sd1"] / "pytorch_lora_weights.safetensors", 0.0)]), base)
+    both = image([parse_adapter(f"{runs['sd1']}:0.5"), parse_adapter(f"{runs['sd1b']}:0.8")])
+    one = image([parse_adapter(f"{runs['sd1']}:0.5")])
+    assert not np.allclose(both, one) and not np.allclose(both, base)
+
+
+def test_adapter_for_another_family_names_both(tiny_model, runs, capsys) -> None:
+    from boothkit.cli import main
+
+    with pytest.raises(
+        BoothkitError, match=r"trained for SDXL \(sdxl\) but the base model is SD 1.x \(sd1\)"
+    ):
+        load_pipeline(str(tiny_model("sd1")), [parse_adapter(str(runs["sdxl"]))])
+    assert (
+        main(["generate", "--model", str(tiny_model("sdxl")), "--lora", str(runs["sd1_ti"]), "--prompt", "x"])
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert "trained for SD 1.x (sd1) but the base model is SDXL (sdxl)" in err and "Traceback" not in err
+
+
+def test_unknown_scheduler_and_missing_file(tiny_model, tmp_path, capsys) -> None:
+    from boothkit.cli import main
+
+    assert main(["generate", "--model", str(tiny_model("sd1")), "--prompt", "x", "--scheduler", "lms"]) == 2
+    assert "--scheduler 'lms' is not known" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "generate",
+                "--model",
+                str(tiny_model("sd1")),
+                "--prompt",
+                "x",
+                "--lora",
+                str(tmp_path / "nope.safetensors"),
+            ]
+        )
+        == 2
+    )
+    assert "does not exist" in capsys.readouterr().err
