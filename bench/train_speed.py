@@ -112,21 +112,29 @@ def run_variant(args: argparse.Namespace) -> dict[str, object]:
     g = torch.Generator().manual_seed(0)
     pixels = torch.rand(2 * B, 3, res, res, generator=g) * 2 - 1  # B instance + B class images
     prompts = ["a photo of sks dog"] * B + ["a photo of dog"] * B
-    model.unet.add_adapter(
-        LoraConfig(
+    if args.method == "full":
+        params = list(model.unet.parameters())
+    else:
+        lora = LoraConfig(
             r=4,
             lora_alpha=4,
             init_lora_weights="gaussian",
             target_modules=["to_k", "to_q", "to_v", "to_out.0"],
         )
-    )
-    params = [p for n, p in model.unet.named_parameters() if "lora_" in n]
+        model.unet.add_adapter(lora)
+        params = [p for n, p in model.unet.named_parameters() if "lora_" in n]
     for p in params:
         p.data = p.data.float()
         p.requires_grad_(True)
     if args.checkpointing:
         model.unet.enable_gradient_checkpointing()
-    opt = torch.optim.AdamW(params, lr=1e-4)
+    opt: torch.optim.Optimizer
+    if args.adam8bit:
+        import bitsandbytes as bnb
+
+        opt = bnb.optim.AdamW8bit(params, lr=1e-5)
+    else:
+        opt = torch.optim.AdamW(params, lr=1e-5 if args.method == "full" else 1e-4)
     time_ids = torch.stack([model.time_ids((res, res), (0, 0), (res, res))] * (2 * B)).to(device)
     is_prior = torch.tensor([False] * B + [True] * B, device=device)
 
@@ -188,6 +196,9 @@ def run_variant(args: argparse.Namespace) -> dict[str, object]:
     )
     return {
         "variant": args.variant,
+        "method": args.method,
+        "checkpointing": args.checkpointing,
+        "adam8bit": args.adam8bit,
         "steps_per_s": args.steps / seconds,
         "peak_mib": peak / 2**20,
         "device": str(device),
@@ -213,6 +224,13 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--batch", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--checkpointing", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--adam8bit", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--method", choices=["lora", "full"], default="lora", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--full-finetune",
+        action="store_true",
+        help="full fine-tune variants (gradient checkpointing, 8-bit Adam) instead of cached vs reference",
+    )
     args = parser.parse_args()
     if args.variant:  # child process
         print(json.dumps(run_variant(args)))
@@ -235,6 +253,9 @@ def main() -> None:
             path = build_tiny_pipeline(family, root / family)  # type: ignore[arg-type]
             cases += [(f"{family} tiny", path, r, 1) for r in (32, 64)]
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() and not args.cpu else None
+    if args.full_finetune:
+        full_finetune_table(args, cases, gpu)
+        return
     print(
         f"# {platform.node()} | {gpu or platform.processor() or platform.machine()} | "
         f"{os.cpu_count()} cores | torch {torch.__version__} | steps {args.steps}"
@@ -277,6 +298,57 @@ def main() -> None:
             f"{ours['steps_per_s'] / ref['steps_per_s']:.2f}x | {ref['peak_mib']:.0f} | {ours['peak_mib']:.0f} |",
             flush=True,
         )
+
+
+def full_finetune_table(
+    args: argparse.Namespace, cases: list[tuple[str, Path, int, int]], gpu: str | None
+) -> None:
+    """Full fine-tune of the UNet: steps/s and peak memory with/without checkpointing and 8-bit Adam."""
+    import importlib.util
+
+    import torch
+
+    variants = [(False, False), (True, False)]
+    if gpu and importlib.util.find_spec("bitsandbytes"):
+        variants += [(False, True), (True, True)]
+    print(
+        f"# full fine-tune | {platform.node()} | {gpu or platform.machine()} | torch {torch.__version__} | "
+        f"steps {args.steps}"
+    )
+    print("| model | res | batch (inst+class) | grad. checkpointing | 8-bit Adam | steps/s | peak MiB |")
+    print("|---|---|---|---|---|---|---|")
+    for name, path, res, batch in cases:
+        for ckpt, adam8 in variants:
+            cmd = [
+                sys.executable,
+                __file__,
+                "--variant",
+                "cached",
+                "--method",
+                "full",
+                "--model",
+                str(path),
+                "--resolution",
+                str(res),
+                "--batch",
+                str(batch),
+                "--steps",
+                str(args.steps),
+                "--warmup",
+                str(args.warmup),
+            ]
+            cmd += ["--checkpointing"] * ckpt + ["--adam8bit"] * adam8 + ["--cpu"] * args.cpu
+            out = (
+                subprocess.run(cmd, capture_output=True, text=True, check=True)
+                .stdout.strip()
+                .splitlines()[-1]
+            )
+            r = json.loads(out)
+            print(
+                f"| {name} | {res} | {batch}+{batch} | {'yes' if ckpt else 'no'} | {'yes' if adam8 else 'no'} | "
+                f"{r['steps_per_s']:.2f} | {r['peak_mib']:.0f} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":
