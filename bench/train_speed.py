@@ -83,8 +83,8 @@ def build_full(family: str, root: Path) -> Path:
 
     unet_cfg = dict(SDXL_UNET if family == "sdxl" else SD15_UNET)
     if family == "sdxl":
-        unet_cfg["cross_attention_dim"] = 64  # matches the stand-in encoders' concatenated width
-        unet_cfg["projection_class_embeddings_input_dim"] = 6 * 256 + 32
+        unet_cfg["cross_attention_dim"] = 80  # matches the stand-in encoders' concatenated width
+        unet_cfg["projection_class_embeddings_input_dim"] = 6 * 256 + 40
     else:
         unet_cfg["cross_attention_dim"] = 32
     torch.manual_seed(0)

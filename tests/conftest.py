@@ -13,6 +13,12 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "dreambooth"
 
+# The tiny models' ops are too small to gain from threads; one thread avoids oversubscribing the
+# CI machine's two cores when a test also runs a subprocess, and is bit-for-bit deterministic.
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -176,3 +176,58 @@ def test_debug_shows_traceback(capsys, tmp_path) -> None:
         capsys, "train", "--model", "m", "--images", "i", "--output", "o", "--rank", "0", "--debug"
     )
     assert code == 2 and "Traceback" in err
+
+
+def test_export_kohya_and_back_and_merge(capsys, tmp_path, tiny_model) -> None:
+    """`boothkit export`: verified conversion (0 unmapped keys) both ways, and a merged model."""
+    from boothkit.config import TrainConfig
+    from boothkit.train import train
+    from conftest import fast_settings
+
+    model = tiny_model("sd1")
+    photos = make_photos(tmp_path / "p")
+    run = train(
+        TrainConfig(
+            model=str(model),
+            images=str(photos),
+            output=str(tmp_path / "run"),
+            class_noun="dog",
+            train_text_encoder=True,
+            **fast_settings(steps=2),
+        ),
+        progress=False,
+        log=lambda s: None,
+    ).output
+    kohya = tmp_path / "kohya.safetensors"
+    assert main(["export", str(run), "--format", "kohya", "--output", str(kohya)]) == 0
+    out = capsys.readouterr().out
+    assert kohya.is_file() and "unmapped" in out.lower()
+    from safetensors import safe_open
+
+    with safe_open(str(kohya), "pt") as f:
+        keys, meta = list(f.keys()), f.metadata()
+    assert any(k.startswith("lora_unet_") for k in keys) and any(k.startswith("lora_te_") for k in keys)
+    assert meta["boothkit_token"] == "sks" and meta["ss_network_dim"] == "4"
+    back = tmp_path / "back.safetensors"
+    assert (
+        main(["export", str(kohya), "--format", "diffusers", "--output", str(back), "--model", str(model)])
+        == 0
+    )
+    merged = tmp_path / "merged"
+    assert main(["export", str(run), "--format", "merged", "--output", str(merged), "--scale", "0.5"]) == 0
+    assert (merged / "model_index.json").is_file()
+    assert (
+        main(
+            [
+                "export",
+                str(run),
+                "--format",
+                "kohya",
+                "--output",
+                str(tmp_path / "x.safetensors"),
+                "--model",
+                str(tmp_path / "nope"),
+            ]
+        )
+        == 2
+    )

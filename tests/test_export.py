@@ -531,7 +531,7 @@ def test_family_mismatch_names_both_sides(
     bases: dict[str, Path], runs: dict[str, Path], kohya: dict[str, ExportReport], tmp_path: Path
 ) -> None:
     with pytest.raises(
-        BoothkitError, match=r"trained for sd1 \(cross-attention dim 32\) but the base model is sdxl \(64\)"
+        BoothkitError, match=r"trained for sd1 \(cross-attention dim 32\) but the base model is sdxl \(80\)"
     ):
         merge_lora(bases["sdxl"], runs["sd1"], output=tmp_path / "merged")
     assert not (tmp_path / "merged").exists()

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from boothkit.errors import BoothkitError
-from boothkit.families import detect_family, fingerprint, load_model, resolve_model
+from boothkit.families import LoadOptions, detect_family, fingerprint, load_model, resolve_model
 
 
 @pytest.mark.parametrize(
@@ -117,3 +117,32 @@ def test_fingerprint_changes_with_weights(tiny_model, tmp_path: Path) -> None:
     data[200] ^= 0xFF
     weights.write_bytes(bytes(data))
     assert fingerprint(copy) != before
+
+
+@pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
+def test_single_file_checkpoint_loads_through_the_loader(family, tiny_model, tmp_path: Path) -> None:
+    """A single-file .safetensors in the original layout (as model sites ship) loads with its configs."""
+    from boothkit.single_file import save_single_file
+
+    folder = tiny_model(family)
+    ckpt = save_single_file(folder, tmp_path / f"{family}.safetensors")
+    model = load_model(str(ckpt), LoadOptions(model_config=str(folder)))
+    reference = load_model(str(folder))
+    assert model.name == family and model.source.single_file
+    assert model.prediction_type == reference.prediction_type
+    for ours, theirs in [
+        (model.unet, reference.unet),
+        (model.vae, reference.vae),
+        *zip(model.text_encoders, reference.text_encoders, strict=True),
+    ]:
+        a, b = ours.state_dict(), theirs.state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in b if k in a)
+        assert len(set(b) - set(a)) == 0 or family == "sd2"  # SD2 files omit OpenCLIP's unused projection
+
+
+def test_single_file_without_configs_offline_is_explained(tiny_model, tmp_path: Path) -> None:
+    from boothkit.single_file import save_single_file
+
+    ckpt = save_single_file(tiny_model("sd1"), tmp_path / "model.safetensors")
+    with pytest.raises(BoothkitError, match="--model-config|not in the local Hugging Face cache"):
+        load_model(str(ckpt))

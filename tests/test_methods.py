@@ -231,3 +231,17 @@ def test_every_method_resumes_exactly(method, extra, tiny_model, photos, tmp_pat
         if (ref.output / name).exists():
             a, b = load_file(ref.output / name), load_file(resumed.output / name)
             assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_full_single_file_export_loads_back_to_the_same_weights(tiny_model, photos, tmp_path) -> None:
+    model, _, _, result = _run(tiny_model("sd1"), photos, tmp_path / "run", "full", save_single_file=True)
+    ckpt = result.output / "model.safetensors"
+    assert ckpt.is_file()
+    back = load_model(
+        str(ckpt),
+        __import__("boothkit.families", fromlist=["LoadOptions"]).LoadOptions(
+            model_config=str(tiny_model("sd1"))
+        ),
+    )
+    saved = _fresh(result.output / "model").unet.state_dict()
+    assert all(torch.equal(v, saved[k]) for k, v in back.unet.state_dict().items())

@@ -87,7 +87,8 @@ def _cli_args(model: Path, photos: Path, out: Path) -> list[str]:
 def test_killed_run_resumes_to_bit_identical_weights(reference, tmp_path, fault) -> None:
     model, photos, expected = reference
     out = tmp_path / "run"
-    env = {**os.environ}
+    # Bit-identical needs the same thread count on both sides of the kill (as on one machine).
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     if fault == "sigkill-mid-epoch":
         proc = subprocess.Popen(
             _cli_args(model, photos, out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL

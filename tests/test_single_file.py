@@ -166,7 +166,7 @@ def test_keys_and_shapes_follow_the_original_layout(models: dict[str, Path], tmp
     assert "model.diffusion_model.label_emb.0.0.weight" in sdxl
     assert "model.diffusion_model.output_blocks.1.2.conv.weight" in sdxl  # upsampler after attention
     assert "conditioner.embedders.0.transformer.text_model.final_layer_norm.weight" in sdxl
-    assert sdxl["conditioner.embedders.1.model.text_projection"] == (32, 32)
+    assert sdxl["conditioner.embedders.1.model.text_projection"] == (48, 40)
     for family_shapes in shapes.values():
         assert not any(".lora" in k or "position_ids" in k for k in family_shapes)
 

@@ -139,11 +139,87 @@ def _check(ns: argparse.Namespace) -> int:
     return 2 if report.rejected() else 0
 
 
+def _base_model_for(source: str, given: str | None) -> str | None:
+    """The base model to verify against: --model, else the one the run was trained on (its config.toml)."""
+    if given:
+        return given
+    from pathlib import Path
+
+    run = Path(source)
+    run = run if run.is_dir() else run.parent
+    if (run / "config.toml").is_file():
+        from boothkit.config import load_toml
+
+        return str(load_toml(run / "config.toml").get("model") or "") or None
+    return None
+
+
+def _export(ns: argparse.Namespace) -> int:
+    _disable_load_bars()
+    from pathlib import Path
+
+    from boothkit.export import export_lora, merge_lora
+    from boothkit.families import resolve_model
+
+    base = _base_model_for(ns.source, ns.model)
+    base_dir = resolve_model(base) if base else None
+    if base_dir is not None and base_dir.is_file():
+        raise BoothkitError(
+            f"--model {base}: export verifies against a diffusers folder or hub id, not a single file"
+        )
+    if ns.format == "merged":
+        if base_dir is None:
+            raise BoothkitError(
+                "--format merged needs the base model", hint="pass --model (or export a run folder)"
+            )
+        source = Path(ns.source)
+        lora = source / "pytorch_lora_weights.safetensors" if source.is_dir() else source
+        out = merge_lora(base_dir, lora, scale=ns.scale, output=Path(ns.output), single_file=ns.single_file)
+        print(f"merged {lora} at scale {ns.scale} into {base}: {out}")
+        return 0
+    report = export_lora(Path(ns.source), format=ns.format, output=Path(ns.output), base_model_dir=base_dir)
+    print(report.format())
+    return 0 if report.ok else 1
+
+
 def _demo(ns: argparse.Namespace) -> int:
     _disable_load_bars()
     from boothkit.demo import run_demo
 
-    run_demo(ns.output, images=ns.images, steps=ns.steps, progress=not ns.quiet)
+    run_demo(ns.output, subject=ns.subject, steps=ns.steps, progress=not ns.quiet)
+    return 0
+
+
+def _toyworld_pretrain(ns: argparse.Namespace) -> int:
+    _disable_load_bars()
+    from boothkit.toyworld.pretrain import pretrain, settings_from_args
+
+    pretrain(ns.output, settings_from_args(ns))
+    return 0
+
+
+def _toyworld_bench(ns: argparse.Namespace) -> int:
+    _disable_load_bars()
+    from dataclasses import replace
+
+    from boothkit.toyworld.bench import BenchSettings, run_bench
+
+    settings = BenchSettings.quick() if ns.quick else BenchSettings()
+    changes: dict[str, Any] = {"model": ns.model or "", "device": ns.device}
+    if ns.subjects:
+        changes["subjects"] = tuple(ns.subjects)
+    if ns.methods:
+        changes["methods"] = tuple(ns.methods)
+    if ns.prior != "both":
+        changes["priors"] = (ns.prior == "yes",)
+    if ns.steps is not None:
+        changes["steps"] = ns.steps
+    if ns.seeds is not None:
+        changes["seeds"] = tuple(range(ns.seeds))
+    if ns.class_images is not None:
+        changes["class_images"] = ns.class_images
+    run_bench(ns.output, replace(settings, **changes), progress=not ns.quiet)
+    print(f"wrote {ns.output}/bench.md, bench.json, index.html")
     return 0
 
 
@@ -267,13 +343,64 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--alpha-background", default="white")
     c.set_defaults(func=_check)
 
+    e = sub.add_parser(
+        "export",
+        parents=[common],
+        help="convert a LoRA (kohya <-> diffusers) or merge it into its base",
+        description="Convert a run's LoRA to the kohya/A1111/ComfyUI layout and back, verified numerically "
+        "against the base model, or merge it into the base model.",
+    )
+    e.add_argument("source", help="run folder or LoRA .safetensors (either layout)")
+    e.add_argument("--format", required=True, choices=["kohya", "diffusers", "merged"])
+    e.add_argument("--output", required=True, help="output .safetensors file or folder")
+    e.add_argument("--model", default=None, help="base model to verify against (default: the run's)")
+    e.add_argument("--scale", type=float, default=1.0, help="LoRA scale for --format merged")
+    e.add_argument(
+        "--single-file", action="store_true", help="--format merged: one .safetensors for A1111/ComfyUI"
+    )
+    e.set_defaults(func=_export)
+
     d = sub.add_parser(
         "demo", parents=[common], help="the whole pipeline offline on a tiny model, in minutes"
     )
     d.add_argument("--output", default="runs/demo")
-    d.add_argument("--images", default=None, help="photos to use (default: the shared DreamBooth dog)")
-    d.add_argument("--steps", type=int, default=150)
+    d.add_argument("--subject", default="target_circle", help="toy-world subject to learn")
+    d.add_argument("--steps", type=int, default=200)
     d.set_defaults(func=_demo)
+
+    tw = sub.add_parser("toyworld", help="the toy world: pretrain its base model, run the DreamBooth bench")
+    tw_sub = tw.add_subparsers(dest="toyworld_command", required=True)
+    tp = tw_sub.add_parser("pretrain", parents=[common], help="pretrain the toy base model (SD-1 layout)")
+    tp.add_argument("--output", required=True, help="model folder to write")
+    tp.add_argument("--steps", type=int, default=None, help="UNet + text encoder steps")
+    tp.add_argument("--vae-steps", dest="vae_steps", type=int, default=None)
+    tp.add_argument("--batch-size", dest="batch_size", type=int, default=None)
+    tp.add_argument("--lr", type=float, default=None)
+    tp.add_argument("--width", type=int, default=None, help="channels of the first UNet block (default 32)")
+    tp.add_argument("--eval-every", dest="eval_every", type=int, default=None)
+    tp.add_argument("--eval-images", dest="eval_images", type=int, default=None)
+    tp.add_argument(
+        "--max-minutes",
+        dest="max_minutes",
+        type=float,
+        default=None,
+        help="stop the UNet phase after this long",
+    )
+    tp.add_argument("--device", default=None, help="cpu or cuda")
+    tp.add_argument("--seed", type=int, default=None)
+    tp.set_defaults(func=_toyworld_pretrain)
+    tb = tw_sub.add_parser("bench", parents=[common], help="DreamBooth methods measured on the toy world")
+    tb.add_argument("--output", required=True, help="folder for bench.json, bench.md, grids, index.html")
+    tb.add_argument("--model", default=None, help="base model (default: the shipped toy model)")
+    tb.add_argument("--subjects", nargs="+", default=None, help="subjects (default: the benchmark subjects)")
+    tb.add_argument("--methods", nargs="+", choices=("lora", "full", "ti", "pivotal"), default=None)
+    tb.add_argument("--prior", choices=("both", "yes", "no"), default="both", help="prior preservation runs")
+    tb.add_argument("--steps", type=int, default=None, help="training steps for every method")
+    tb.add_argument("--seeds", type=int, default=None, help="seeds per prompt")
+    tb.add_argument("--class-images", dest="class_images", type=int, default=None)
+    tb.add_argument("--quick", action="store_true", help="1 subject, LoRA with prior, few steps: a smoke run")
+    tb.add_argument("--device", default="cpu")
+    tb.set_defaults(func=_toyworld_bench)
 
     def sampling_flags(q: argparse.ArgumentParser, steps: int = 30) -> None:
         q.add_argument("--model", required=True, help="base model: hub id, diffusers folder or .safetensors")

@@ -129,7 +129,7 @@ def load_embeddings(pipe: Any, path: Path) -> str:
 
 
 FAMILY_NAMES = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
-_SS_FAMILIES = {"sd_v1": "sd1", "sd_v2": "sd2", "sdxl_base_v1-0": "sdxl"}
+_SS_FAMILIES = {"sd_v1": "sd1", "sd_v2": "sd2", "sd_v2_v": "sd2", "sdxl_base_v1-0": "sdxl"}
 
 
 def trained_family(path: Path) -> str | None:

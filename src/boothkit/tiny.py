@@ -207,18 +207,22 @@ def build_tiny_pipeline(
     elif family == "sdxl":
         text_encoder = CLIPTextModel(_text_encoder_config(tokenizer))
         tokenizer_2 = _load_tokenizer(corpus)
-        text_encoder_2 = CLIPTextModelWithProjection(_text_encoder_config(tokenizer_2))
+        # The second encoder is wider, as in real SDXL (768 vs 1280): single-file loaders tell the two
+        # apart by width.
+        text_encoder_2 = CLIPTextModelWithProjection(
+            _text_encoder_config(tokenizer_2, hidden=48, projection=40)
+        )
         time_dim = 8
         unet = UNet2DConditionModel(
             **common_unet,
             down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
             up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            cross_attention_dim=64,  # the two encoders' hidden states, concatenated
+            cross_attention_dim=32 + 48,  # the two encoders' hidden states, concatenated
             attention_head_dim=(2, 4),
             use_linear_projection=True,
             addition_embed_type="text_time",
             addition_time_embed_dim=time_dim,
-            projection_class_embeddings_input_dim=6 * time_dim + 32,
+            projection_class_embeddings_input_dim=6 * time_dim + 40,  # time ids + pooled projection
             transformer_layers_per_block=(1, 1),
         )
         scheduler = EulerDiscreteScheduler(**_noise_schedule())

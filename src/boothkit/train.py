@@ -815,30 +815,33 @@ def make_optimizer(groups: list[dict[str, Any]], config: TrainConfig) -> torch.o
 
 
 def run_metadata(config: TrainConfig, model: Family, images: list[Path], resolution: int) -> dict[str, str]:
-    """What every .safetensors boothkit writes says about itself (kohya `ss_*` keys where they exist)."""
-    from boothkit import __version__
+    """What every .safetensors boothkit writes says about itself (kohya `ss_*` and `modelspec.*` keys)."""
+    from boothkit.export import lora_metadata
 
-    alpha = config.lora_alpha if config.lora_alpha is not None else config.rank
-    return {
-        "boothkit_version": __version__,
-        "boothkit_base_model": config.model,
-        "boothkit_family": model.name,
-        "boothkit_method": config.method,
-        "boothkit_token": config.token,
-        "boothkit_class_noun": config.class_noun or "",
-        "boothkit_rank": str(config.rank),
-        "boothkit_alpha": str(alpha),
-        "boothkit_steps": str(config.steps),
-        "boothkit_resolution": str(resolution),
-        "boothkit_images_hash": images_hash(images),
-        "ss_network_module": "networks.lora",
-        "ss_network_dim": str(config.rank),
-        "ss_network_alpha": str(alpha),
-        "ss_base_model_version": {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}[model.name],
-        "ss_resolution": f"({resolution}, {resolution})",
-        "ss_max_train_steps": str(config.steps),
-        "ss_learning_rate": str(config.lr),
-    }
+    meta = lora_metadata(
+        base_model=config.model,
+        family=model.name,
+        rank=config.rank,
+        alpha=config.lora_alpha if config.lora_alpha is not None else config.rank,
+        steps=config.steps,
+        resolution=resolution,
+        method=config.method,
+        token=config.token,
+        class_noun=config.class_noun or "",
+        images_hash=images_hash(images),
+        prediction_type=model.prediction_type,
+        output_name=Path(config.output).name,
+        learning_rate=config.lr,
+    )
+    if config.method in ("full", "ti"):  # no network: drop the LoRA-only keys
+        meta = {
+            k: v
+            for k, v in meta.items()
+            if not k.startswith("ss_network") and k not in ("boothkit_rank", "boothkit_alpha")
+        }
+        arch = meta["modelspec.architecture"].removesuffix("/lora")
+        meta["modelspec.architecture"] = arch + ("/textual-inversion" if config.method == "ti" else "")
+    return meta
 
 
 # ----------------------------------------------------------------------------- outputs
