@@ -38,18 +38,22 @@ class Adapter:
     weight: float = 1.0
 
 
+def split_weight(spec: str, flag: str = "--lora") -> tuple[str, float]:
+    """`path[:weight]` -> (path, weight); a path that exists as written keeps any ':' it contains."""
+    head, sep, tail = spec.rpartition(":")
+    if not sep or not head or Path(spec).exists():
+        return spec, 1.0
+    try:
+        return head, float(tail)
+    except ValueError:
+        raise BoothkitError(
+            f"{flag} {spec!r}: weight {tail!r} is not a number", hint="write it as PATH:0.8"
+        ) from None
+
+
 def parse_adapter(spec: str, *, allow_pickle: bool = False) -> Adapter:
     """`run_dir`, `file.safetensors` or either with `:weight` (e.g. `style.safetensors:0.5`)."""
-    path_part, weight = spec, 1.0
-    head, sep, tail = spec.rpartition(":")
-    if sep and head and not Path(spec).exists():
-        try:
-            weight = float(tail)
-        except ValueError:
-            raise BoothkitError(
-                f"--lora {spec!r}: weight {tail!r} is not a number", hint="write it as PATH:0.8"
-            ) from None
-        path_part = head
+    path_part, weight = split_weight(spec)
     path = Path(path_part).expanduser()
     if path.is_dir():
         # A run folder: its LoRA (with the embeddings beside it for pivotal runs), or a textual-inversion run's embeddings.

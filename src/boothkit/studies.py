@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from boothkit.errors import BoothkitError
-from boothkit.generate import Adapter, parse_adapter
+from boothkit.generate import Adapter, parse_adapter, split_weight
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -711,14 +711,7 @@ def load_prompts(
 
 def parse_study_adapter(spec: str, *, allow_pickle: bool = False) -> Adapter:
     """Like `parse_adapter`, plus boothkit checkpoint folders (`run/checkpoints/step-000200[:w]`)."""
-    path_part, weight = spec, 1.0
-    head, sep, tail = spec.rpartition(":")
-    if sep and head and not Path(spec).exists():
-        try:
-            weight = float(tail)
-        except ValueError:
-            return parse_adapter(spec, allow_pickle=allow_pickle)  # its error names the bad weight
-        path_part = head
+    path_part, weight = split_weight(spec)
     folder = Path(path_part).expanduser()
     if (folder / CHECKPOINT_WEIGHTS).is_file() and not (folder / "pytorch_lora_weights.safetensors").exists():
         checkpoint_lora_state_dict(folder)  # fail now, with a clear message, if it is not a LoRA run

@@ -163,37 +163,22 @@ def build_tiny_pipeline(
         "block_out_channels": (32, 64),
         "norm_num_groups": 8,
     }
-    if family == "sd1":
+    if family in ("sd1", "sd2"):
+        sd2 = family == "sd2"  # SD 2.x: linear attention projections, per-block heads, v-prediction
         text_encoder = CLIPTextModel(_text_encoder_config(tokenizer))
         unet = UNet2DConditionModel(
             **common_unet,
             down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
             up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
             cross_attention_dim=32,
-            attention_head_dim=4,
+            attention_head_dim=(2, 4) if sd2 else 4,
+            use_linear_projection=sd2,
         )
-        scheduler = PNDMScheduler(**_noise_schedule(), skip_prk_steps=True, set_alpha_to_one=False)
-        pipe = StableDiffusionPipeline(
-            vae=vae,
-            text_encoder=text_encoder,
-            tokenizer=tokenizer,
-            unet=unet,
-            scheduler=scheduler,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
+        scheduler = (
+            EulerDiscreteScheduler(**_noise_schedule(), prediction_type="v_prediction")
+            if sd2
+            else PNDMScheduler(**_noise_schedule(), skip_prk_steps=True, set_alpha_to_one=False)
         )
-    elif family == "sd2":
-        text_encoder = CLIPTextModel(_text_encoder_config(tokenizer))
-        unet = UNet2DConditionModel(
-            **common_unet,
-            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-            cross_attention_dim=32,
-            attention_head_dim=(2, 4),
-            use_linear_projection=True,
-        )
-        scheduler = EulerDiscreteScheduler(**_noise_schedule(), prediction_type="v_prediction")
         pipe = StableDiffusionPipeline(
             vae=vae,
             text_encoder=text_encoder,
