@@ -236,3 +236,35 @@ def test_training_never_touches_the_input_folder(tiny_model, photos, tmp_path) -
     train(_config(tiny_model("sd1"), photos, tmp_path / "run"), progress=False, log=lambda s: None)
     after = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in photos.iterdir()}
     assert before == after
+
+
+def test_rejected_photo_stops_before_the_model_loads_unless_skip_invalid(
+    tiny_model, photos, tmp_path, capsys
+) -> None:
+    from boothkit.cli import main
+
+    (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    (photos / ".DS_Store").write_bytes(b"\x00\x00")
+    args = [
+        "train",
+        "--model",
+        str(tmp_path / "no-model-needed-yet"),
+        "--images",
+        str(photos),
+        "--output",
+        str(tmp_path / "run"),
+        "--class-noun",
+        "dog",
+        "--resolution",
+        "32",
+    ]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "broken.jpg" in err and "rejected" in err and "--skip-invalid" in err
+    assert "does not exist" not in err  # the photos were checked before the model was looked at
+    assert not (tmp_path / "run").exists()
+    cfg = _config(tiny_model("sd1"), photos, tmp_path / "run2", skip_invalid=True, crop="random")
+    result = train(cfg, progress=False, log=lambda s: None)
+    assert "broken.jpg" not in " ".join(
+        json.loads((result.output / "summary.json").read_text())["instance_images"]
+    )
