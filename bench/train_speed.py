@@ -140,9 +140,9 @@ def run_variant(args: argparse.Namespace) -> dict[str, object]:
     from peft import LoraConfig
 
     from boothkit.data.cache import CachedImage
+    from boothkit.data.order import batch_latents
     from boothkit.families import Conditioning, LoadOptions, load_model
     from boothkit.losses import dreambooth_loss, sample_noise, sample_timesteps, training_target
-    from boothkit.train import batch_latents
 
     device = torch.device("cuda" if torch.cuda.is_available() and not args.cpu else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32

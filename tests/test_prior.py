@@ -60,14 +60,18 @@ def test_bank_generates_once_resumes_and_is_deterministic(tiny_model, tmp_path: 
     again = ensure_class_images(counting, key, 3, root=tmp_path, batch_size=2, progress=False)
     assert counting.images == 3 and again == paths
 
-    # An interrupted generation resumes: only the missing image is made, and it is the same image.
+    # An interrupted generation resumes: only the missing image's block (images 0 and 1) is
+    # recomputed, only image 1 is written, and it is byte-identical to the first run's.
     paths[1].unlink()
+    before = paths[0].stat().st_mtime_ns
     ensure_class_images(counting, key, 3, root=tmp_path, batch_size=2, progress=False)
-    assert counting.images == 4
+    assert counting.images == 5
+    assert paths[0].stat().st_mtime_ns == before
     assert [p.read_bytes() for p in paths] == first
 
-    # Asking for more adds only the new ones; a different setting uses a different folder.
-    ensure_class_images(counting, key, 5, root=tmp_path, batch_size=2, progress=False)
-    assert counting.images == 6
+    # Asking for more adds only the new ones (blocks [2, 3] and [4]; image 2 is kept as it was);
+    # a different setting uses a different folder.
+    more = ensure_class_images(counting, key, 5, root=tmp_path, batch_size=2, progress=False)
+    assert counting.images == 8 and more[2].read_bytes() == first[2] and more[4].is_file()
     other = dataclasses.replace(key, guidance=3.0)
     assert bank_dir(other, tmp_path) != bank_dir(key, tmp_path)

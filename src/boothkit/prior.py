@@ -83,17 +83,24 @@ def ensure_class_images(
             )
     else:
         atomic_write_json(manifest, {"key": asdict(key), "digest": key.digest()})
-    missing = [i for i in range(count) if i not in set(existing_images(folder, count))]
+    have = set(existing_images(folder, count))
+    missing = [i for i in range(count) if i not in have]
     if missing:
+        # Images are made in fixed blocks [k*batch, (k+1)*batch): a resumed run regenerates a whole
+        # block and keeps only the missing images, so each image is computed beside the same
+        # companions as in an uninterrupted run (batched kernels are not batch-invariant on every
+        # CPU), and a resumed bank is byte-identical to a fresh one.
         bar = tqdm(total=len(missing), desc="class images", unit="img", disable=not progress)
-        for start in range(0, len(missing), batch_size):
-            batch = missing[start : start + batch_size]
-            generators = [torch.Generator("cpu").manual_seed(key.seed + i) for i in batch]
+        for start in range(0, count, batch_size):
+            block = list(range(start, min(start + batch_size, count)))
+            if all(i in have for i in block):
+                continue
+            generators = [torch.Generator("cpu").manual_seed(key.seed + i) for i in block]
             kwargs: dict[str, Any] = {}
             if key.negative_prompt:
-                kwargs["negative_prompt"] = [key.negative_prompt] * len(batch)
+                kwargs["negative_prompt"] = [key.negative_prompt] * len(block)
             images = pipeline(
-                [key.prompt] * len(batch),
+                [key.prompt] * len(block),
                 num_inference_steps=key.steps,
                 guidance_scale=key.guidance,
                 height=key.resolution,
@@ -101,8 +108,10 @@ def ensure_class_images(
                 generator=generators,
                 **kwargs,
             ).images
-            for i, image in zip(batch, images, strict=True):
-                atomic_save_image(image, folder / image_name(i))
-            bar.update(len(batch))
+            written = [i for i in block if i not in have]
+            for i, image in zip(block, images, strict=True):
+                if i not in have:
+                    atomic_save_image(image, folder / image_name(i))
+            bar.update(len(written))
         bar.close()
     return [folder / image_name(i) for i in range(count)]

@@ -23,9 +23,11 @@ import torch
 from boothkit.checkpoint import LoopState, named_trainable
 from boothkit.config import TrainConfig, to_toml
 from boothkit.data.cache import CachedImage, encode_images, encode_prompt_set
+from boothkit.data.order import batch_latents, bucket_sizes, take
 from boothkit.errors import BoothkitError
 from boothkit.families import Conditioning, Family, LoadOptions, load_model
-from boothkit.io import atomic_save_image, atomic_write_json, atomic_write_text
+from boothkit.guards import StopFlag, estimate_disk, is_oom, oom_message
+from boothkit.io import atomic_write_json, atomic_write_text
 from boothkit.losses import (
     LossTerms,
     compute_snr,
@@ -36,6 +38,7 @@ from boothkit.losses import (
     training_target,
 )
 from boothkit.methods import TrainingMethod, get_method
+from boothkit.outputs import RunLogger, save_samples, summary_text
 
 RUN_MARKER = "boothkit_run.json"
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -201,38 +204,6 @@ def class_images(config: TrainConfig, model: Family, resolution: int) -> list[Pa
     return ensure_class_images(pipe, key, config.class_images, root=root, batch_size=config.class_batch_size)
 
 
-# ----------------------------------------------------------------------------- data order
-
-
-def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
-    """A fresh permutation of n items per epoch, a pure function of (seed, epoch): resumable."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=g).tolist()
-
-
-def take(n: int, seed: int, position: int, count: int) -> list[int]:
-    """Items position..position+count of the endless stream of per-epoch permutations."""
-    out = []
-    for pos in range(position, position + count):
-        out.append(epoch_order(n, seed, pos // n)[pos % n])
-    return out
-
-
-def batch_latents(
-    items: list[CachedImage], model: Family, generator: torch.Generator, flip: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample latents (B, C, h, w) from the cached posteriors; returns them with the time ids (B, k)."""
-    means, stds, ids = [], [], []
-    for item in items:
-        use_flip = flip and item.flipped_mean is not None and bool(torch.rand((), generator=generator) < 0.5)
-        means.append(item.flipped_mean if use_flip else item.mean)
-        stds.append(item.flipped_std if use_flip else item.std)
-        ids.append(item.flipped_time_ids if use_flip else item.time_ids)
-    mean, std = torch.stack(means), torch.stack(stds)  # type: ignore[arg-type]
-    eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
-    return model.scale_latents(mean + std * eps), torch.stack(ids)  # type: ignore[arg-type]
-
-
 # ----------------------------------------------------------------------------- the loop
 
 
@@ -389,17 +360,6 @@ def prepare(config: TrainConfig, model: Family | None, log: Callable[[str], None
     )
 
 
-def bucket_sizes(
-    images: list[Path], resolution: int, background: tuple[int, int, int]
-) -> list[tuple[int, int]]:
-    """Each photo's aspect-ratio bucket (width, height), from its upright size."""
-    from boothkit.data.buckets import assign_bucket, make_buckets
-    from boothkit.data.images import load_image
-
-    buckets = make_buckets(resolution)
-    return [assign_bucket(*load_image(p, alpha_background=background).size, buckets) for p in images]
-
-
 def instance_batch(run: Run, position: int, size: int) -> list[CachedImage]:
     """`size` instance images for stream `position`; with buckets, all from the first one's bucket
     (a batch is one tensor), still a pure function of the position so resume replays it exactly."""
@@ -438,68 +398,6 @@ def micro_step(run: Run, batch: list[CachedImage], generator: torch.Generator, a
     terms = dreambooth_loss(prediction, target, is_prior, prior_weight=config.prior_weight, weights=weights)
     run.accelerator.backward(terms.total / accum)
     return terms
-
-
-def is_oom(error: BaseException) -> bool:
-    return isinstance(error, torch.cuda.OutOfMemoryError) or (
-        isinstance(error, RuntimeError)
-        and ("out of memory" in str(error) or "can't allocate memory" in str(error))
-    )
-
-
-def oom_message(run: Run, loop: LoopState) -> BoothkitError:
-    c = run.config
-    remedies = []
-    if not c.gradient_checkpointing:
-        remedies.append("--gradient-checkpointing")
-    if c.mixed_precision == "no" and run.device.type == "cuda":
-        remedies.append("--mixed-precision bf16 (or fp16 on older GPUs)")
-    if not c.adam_8bit and run.device.type == "cuda":
-        remedies.append("--adam-8bit (pip install bitsandbytes)")
-    if loop.batch_size > 1:
-        remedies.append(
-            f"--batch-size {max(1, loop.batch_size // 2)} --grad-accum {loop.grad_accum * 2} "
-            "(same effective batch), or --auto-batch-size"
-        )
-    remedies.append(f"a lower --resolution than {run.resolution}")
-    if c.method != "lora":
-        remedies.append("--method lora (trains far fewer weights)")
-    if c.train_text_encoder:
-        remedies.append("drop --train-text-encoder (cached prompt embeddings need no encoder in memory)")
-    return BoothkitError(
-        f"out of memory at step {loop.step + 1} (method {c.method}, batch {loop.batch_size} instance + "
-        f"{loop.batch_size if run.priors else 0} class images, resolution {run.resolution}, precision "
-        f"{c.mixed_precision}, device {run.device}; latents and prompt embeddings are already cached)",
-        hint="try " + "; ".join(remedies),
-    )
-
-
-class _StopFlag:
-    """SIGINT/SIGTERM set a flag; the loop finishes its step, saves a checkpoint and stops cleanly."""
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> _StopFlag:
-        import signal
-        import threading
-
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.signal is not None:  # a second Ctrl-C: stop now
-            raise KeyboardInterrupt
-        self.signal = signum
-
-    def __exit__(self, *exc: object) -> None:
-        import signal
-
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 def _manifest(run: Run) -> dict[str, Any]:
@@ -629,7 +527,7 @@ def train(
         disable=not progress,
         dynamic_ncols=True,
     )
-    with _StopFlag() as stop:
+    with StopFlag() as stop:
         while loop.step < config.steps:
             step_start_rng = generator.get_state()
             try:
@@ -778,29 +676,6 @@ def train(
     return result
 
 
-def estimate_disk(run: Run) -> int:
-    """Refuse to start when the disk can't hold what the run will write; returns the estimate."""
-    import shutil
-
-    c = run.config
-    trainable = sum(p.numel() * 4 for p in run.params)
-    per_checkpoint = trainable * 3 + (1 << 16)  # weights + two Adam moments + small files
-    checkpoints = 0
-    if c.checkpoint_every:
-        count = c.steps // c.checkpoint_every
-        checkpoints = min(count, c.keep_checkpoints or count) + 1
-    grid = (run.resolution**2) * 3 * max(1, len(c.sample_prompts) * len(c.sample_seeds))
-    samples = grid * (1 + (c.steps // c.sample_every if c.sample_every else 0))
-    needed = trainable + per_checkpoint * checkpoints + samples + (1 << 20)
-    free = shutil.disk_usage(run.out if run.out.exists() else run.out.parent).free
-    if free < needed:
-        raise BoothkitError(
-            f"not enough disk space in {run.out}: the run needs about {needed:,} bytes, {free:,} are free",
-            hint="free some space, choose another --output, or keep fewer checkpoints (--keep-checkpoints)",
-        )
-    return needed
-
-
 def make_optimizer(groups: list[dict[str, Any]], config: TrainConfig) -> torch.optim.Optimizer:
     if config.adam_8bit:
         try:
@@ -844,131 +719,4 @@ def run_metadata(config: TrainConfig, model: Family, images: list[Path], resolut
     return meta
 
 
-# ----------------------------------------------------------------------------- outputs
-
-
-@torch.no_grad()
-def sample_images(
-    model: Family, prompts: list[str], seeds: list[int], resolution: int, steps: int
-) -> list[list[Any]]:
-    """Rows of images: one row per prompt, one column per seed, fixed generators."""
-    pipe = model.pipeline()
-    pipe.set_progress_bar_config(disable=True)
-    rows = []
-    # Frozen weights may be bf16/fp16 while the VAE (and a fully trained UNet) stay fp32.
-    dtypes = {model.unet.dtype, *(e.dtype for e in model.text_encoders)} - {torch.float32}
-    half = next(iter(dtypes), torch.float32)
-    for prompt in prompts:
-        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-        with torch.autocast(model.unet.device.type, dtype=half, enabled=half != torch.float32):
-            result = pipe(
-                [prompt] * len(seeds),
-                num_inference_steps=steps,
-                height=resolution,
-                width=resolution,
-                generator=generators,
-            )
-        rows.append(list(result.images))
-    return rows
-
-
-def save_samples(
-    model: Family, config: TrainConfig, resolution: int, path: Path, step: int, token: str | None = None
-) -> Path:
-    from boothkit.data.captions import render_prompt
-    from boothkit.grids import labelled_grid
-
-    was_training = model.unet.training
-    model.unet.eval()
-    prompts = [
-        render_prompt(p, token=token or config.token, class_noun=config.class_noun)
-        for p in config.sample_prompts
-    ]
-    rows = sample_images(model, prompts, list(config.sample_seeds), resolution, config.sample_steps)
-    grid = labelled_grid(
-        rows, row_labels=prompts, col_labels=[f"seed {s}" for s in config.sample_seeds], title=f"step {step}"
-    )
-    model.unet.train(was_training)
-    return atomic_save_image(grid, path)
-
-
-class RunLogger:
-    """Scalars to a JSONL file and TensorBoard; the loss curve at the end."""
-
-    def __init__(self, out: Path, *, truncate_after: int = 0) -> None:
-        (out / "logs").mkdir(parents=True, exist_ok=True)
-        self.path = out / "logs" / "train.jsonl"
-        # On resume, rows logged after the checkpoint were undone: drop them so the log reads as one run.
-        self.history: list[dict[str, Any]] = []
-        if self.path.exists():
-            for line in self.path.read_text(encoding="utf-8").splitlines():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:  # a line cut short by a crash
-                    continue
-                if row.get("step", 0) <= truncate_after:
-                    self.history.append(row)
-        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.history))
-        self.file = self.path.open("a", encoding="utf-8")
-        self.start = time.time()
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb: Any = SummaryWriter(str(out / "logs" / "tensorboard"))
-        except (
-            ImportError
-        ):  # pragma: no cover - tensorboard is a dependency, but keep logs working without it
-            self.tb = None
-
-    def scalars(self, step: int, **values: float | None) -> None:
-        row = {"step": step, "time": round(time.time() - self.start, 3)}
-        row.update({k: v for k, v in values.items() if v is not None})
-        self.history.append(row)
-        self.file.write(json.dumps(row) + "\n")
-        self.file.flush()
-        if self.tb is not None:
-            for k, v in values.items():
-                if v is not None and math.isfinite(v):
-                    self.tb.add_scalar(f"train/{k}", v, step)
-
-    def close(self) -> None:
-        self.file.close()
-        if self.tb is not None:
-            self.tb.close()
-
-    def plot(self, path: Path) -> Path:
-        from boothkit.grids import line_plot
-
-        series = {
-            name: [(r["step"], r[name]) for r in self.history if name in r]
-            for name in ("loss", "instance_loss", "prior_loss")
-        }
-        series = {k: v for k, v in series.items() if v}
-        # A running mean makes the trend visible through the per-step noise of diffusion losses.
-        if series.get("loss"):
-            k = max(1, len(series["loss"]) // 20)
-            vals = [v for _, v in series["loss"]]
-            series["loss (mean)"] = [
-                (
-                    series["loss"][i][0],
-                    sum(vals[max(0, i - k + 1) : i + 1]) / len(vals[max(0, i - k + 1) : i + 1]),
-                )
-                for i in range(len(vals))
-            ]
-        return atomic_save_image(line_plot(series, title="training loss", log_y=True), path)
-
-
-def summary_text(result: TrainResult, config: TrainConfig) -> str:
-    lines = [
-        "",
-        f"done: {result.steps} steps in {result.seconds:.1f} s, final loss {result.final_loss:.4f}",
-        f"  weights : {', '.join(str(p) for p in result.weights)}",
-        f"  samples : {result.output / 'samples'}",
-        f"  loss    : {result.output / 'loss.png'}",
-        f"  logs    : {result.output / 'logs'} (train.jsonl, tensorboard)",
-        f"  config  : {result.output / 'config.toml'}",
-        "generate with:",
-        f'  boothkit generate --model {config.model} --lora {result.output} --prompt "a photo of {config.token} '
-        f'{config.class_noun or ""} wearing a wizard hat" --seed 42',
-    ]
-    return "\n".join(lines)
+__all__ = ["TrainResult", "TrainingInterrupted", "prepare", "summary_text", "train"]
