@@ -393,7 +393,7 @@ def full_finetune_table(
             r = json.loads(out)
             print(
                 f"| {name} | {res} | {batch}+{batch} | {'yes' if ckpt else 'no'} | {'yes' if adam8 else 'no'} | "
-                f"{r['steps_per_s']:.2f} | {r['peak_mib']:.0f} |",
+                f"{r['steps_per_s']:.3g} | {r['peak_mib']:.0f} |",
                 flush=True,
             )
 
