@@ -198,6 +198,21 @@ def _toyworld_pretrain(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _toyworld_refine(ns: argparse.Namespace) -> int:
+    _disable_load_bars()
+    from pathlib import Path
+
+    from boothkit.toyworld.pretrain import refine_model_decoder
+
+    model = Path(ns.model)
+    if not (model / "vae" / "config.json").is_file():
+        raise BoothkitError(
+            f"--model {model}: no vae/ folder here", hint="pass a folder written by toyworld pretrain"
+        )
+    refine_model_decoder(model, ns.steps, lr=ns.lr, object_weight=ns.object_weight, every=ns.every)
+    return 0
+
+
 def _toyworld_bench(ns: argparse.Namespace) -> int:
     _disable_load_bars()
     from dataclasses import replace
@@ -361,11 +376,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=_export)
 
     d = sub.add_parser(
-        "demo", parents=[common], help="the whole pipeline offline on a tiny model, in minutes"
+        "demo", parents=[common], help="the whole pipeline offline on the toy world, in about a minute"
     )
     d.add_argument("--output", default="runs/demo")
     d.add_argument("--subject", default="target_circle", help="toy-world subject to learn")
-    d.add_argument("--steps", type=int, default=200)
+    d.add_argument("--steps", type=int, default=600)
     d.set_defaults(func=_demo)
 
     tw = sub.add_parser("toyworld", help="the toy world: pretrain its base model, run the DreamBooth bench")
@@ -388,7 +403,38 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tp.add_argument("--device", default=None, help="cpu or cuda")
     tp.add_argument("--seed", type=int, default=None)
+    tp.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    tp.add_argument(
+        "--vae-from",
+        dest="vae_from",
+        default=None,
+        help="reuse the trained VAE of this model folder instead of training one",
+    )
+    tp.add_argument(
+        "--init-from",
+        dest="init_from",
+        default=None,
+        help="continue pretraining this toy model folder (its tokenizer, text encoder, UNet and VAE)",
+    )
+    tp.add_argument(
+        "--decoder-steps",
+        dest="decoder_steps",
+        type=int,
+        default=None,
+        help="decoder-only refinement after the UNet phase",
+    )
     tp.set_defaults(func=_toyworld_pretrain)
+    tr = tw_sub.add_parser(
+        "refine-decoder",
+        parents=[common],
+        help="train only the VAE decoder of a toy model folder (encoder frozen), in place",
+    )
+    tr.add_argument("--model", required=True, help="toy model folder (written by toyworld pretrain)")
+    tr.add_argument("--steps", type=int, default=1000)
+    tr.add_argument("--lr", type=float, default=5e-4)
+    tr.add_argument("--object-weight", dest="object_weight", type=float, default=10.0)
+    tr.add_argument("--every", type=int, default=100, help="evaluate (and keep the best) every N steps")
+    tr.set_defaults(func=_toyworld_refine)
     tb = tw_sub.add_parser("bench", parents=[common], help="DreamBooth methods measured on the toy world")
     tb.add_argument("--output", required=True, help="folder for bench.json, bench.md, grids, index.html")
     tb.add_argument("--model", default=None, help="base model (default: the shipped toy model)")

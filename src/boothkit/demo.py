@@ -1,41 +1,39 @@
-"""`boothkit demo`: the whole pipeline offline, in a couple of minutes on a laptop CPU.
+"""`boothkit demo`: the whole pipeline offline, on the toy world, in a few minutes on a CPU.
 
-It builds (once) a tiny SD-1-shaped model, checks the photos, makes class images, trains
-DreamBooth-LoRA with prior preservation, and renders the subject in new contexts beside the base
-model's output. The tiny model is randomly initialised, so the pictures show the mechanics (the
-LoRA changes what the model draws for the token) rather than a convincing dog.
+It uses the toy base model that ships with boothkit (a small SD-1 pretrained on the toy world's
+captions, see :mod:`boothkit.toyworld.pretrain`) and one test subject, a multi-coloured object the
+base model has never seen: it writes and checks the subject's instance photos, makes class images,
+trains DreamBooth-LoRA with prior preservation, draws the subject in new contexts beside the base
+model's output, and measures the result with the toy world's oracles: subject fidelity, prompt
+fidelity against the base model, and leakage of the subject into its class.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from boothkit.errors import BoothkitError
 
-DEMO_PROMPTS = (
-    "a photo of sks dog",
-    "a photo of sks dog in the snow",
-    "a photo of sks dog on the beach",
-    "a photo of a dog",
-)
+DEMO_SUBJECT = "target_circle"
 
 
-def find_demo_images() -> Path | None:
-    """The DreamBooth dog photos from the shared dataset folder beside the checkout, if present."""
-    here = Path(__file__).resolve()
-    candidates = [Path.cwd() / "shared", Path.cwd().parent / "shared", *(p / "shared" for p in here.parents)]
-    for root in candidates:
-        folder = root / "datasets" / "dreambooth" / "dog"
-        if folder.is_dir():
-            return folder
-    return None
+@dataclass(frozen=True)
+class DemoScores:
+    subject_fidelity: float
+    base_subject_fidelity: float
+    prompt_fidelity: float
+    base_prompt_fidelity: float
+    leakage: float
+    base_leakage: float
 
-
-def demo_model_dir() -> Path:
-    from boothkit.prior import default_bank_root
-
-    return default_bank_root().parent / "models" / "tiny-sd1"
+    def format(self) -> str:
+        return (
+            f"  subject fidelity : {self.subject_fidelity:.2f}  (base model: {self.base_subject_fidelity:.2f})\n"
+            f"  prompt fidelity  : {self.prompt_fidelity:.2f}  (base model, class prompts: {self.base_prompt_fidelity:.2f})\n"
+            f"  leakage          : {self.leakage:.2f}  (base model: {self.base_leakage:.2f}; lower is better)"
+        )
 
 
 def _free_output(base: Path) -> Path:
@@ -51,87 +49,110 @@ def _free_output(base: Path) -> Path:
 def run_demo(
     output: str | Path = "runs/demo",
     *,
-    images: str | Path | None = None,
-    steps: int = 150,
+    subject: str = DEMO_SUBJECT,
+    steps: int = 600,
+    class_images: int = 24,
+    seeds: tuple[int, ...] = (0, 1),
+    gen_steps: int = 20,
+    model: str | Path | None = None,
     progress: bool = True,
 ) -> Path:
-    from boothkit.config import TrainConfig
+    """Run the demo into a fresh folder at (or beside) ``output``; returns the run folder."""
     from boothkit.data.images import check_folder
-    from boothkit.generate import Adapter, load_pipeline
+    from boothkit.generate import load_pipeline
     from boothkit.grids import labelled_grid
     from boothkit.io import atomic_save_image
-    from boothkit.tiny import build_tiny_pipeline
-    from boothkit.train import summary_text, train
+    from boothkit.outputs import summary_text
+    from boothkit.toyworld import SUBJECTS, TEST_SUBJECTS
+    from boothkit.toyworld.bench import (
+        CONTEXTS,
+        BenchSettings,
+        class_prompts,
+        context_fidelity,
+        context_scenes,
+        flat_images,
+        images_for,
+        leakage,
+        repeat_scenes,
+        subject_fidelity,
+        subject_prompts,
+        train_config,
+        tuned_pipeline,
+        write_instance_images,
+    )
+    from boothkit.toyworld.pretrain import RESOLUTION, shipped_model_dir
+    from boothkit.train import train
 
-    started = time.time()
-    photo_dir = Path(images) if images else find_demo_images()
-    if photo_dir is None or not photo_dir.is_dir():
+    if subject not in SUBJECTS:
         raise BoothkitError(
-            "demo photos not found (looked for shared/datasets/dreambooth/dog beside the checkout)",
-            hint="pass --images with a folder of 3-20 photos",
+            f"unknown toy-world subject {subject!r}", hint=f"try one of {', '.join(TEST_SUBJECTS)}"
+        )
+    started = time.time()
+    the_subject = SUBJECTS[subject]
+    model_dir = Path(model) if model else shipped_model_dir()
+    if not (model_dir / "model_index.json").exists():
+        raise BoothkitError(
+            f"the toy base model is missing at {model_dir}", hint="boothkit toyworld pretrain"
         )
     out = _free_output(Path(output))
-    print(f"[1/5] checking photos in {photo_dir}")
-    print(check_folder(photo_dir, resolution=64).format())
+    out.mkdir(parents=True, exist_ok=True)
 
-    model_dir = demo_model_dir()
-    if not (model_dir / "model_index.json").exists():
-        print(f"[2/5] building the tiny demo model in {model_dir}")
-        build_tiny_pipeline("sd1", model_dir)
-    else:
-        print(f"[2/5] using the tiny demo model in {model_dir}")
+    photos = write_instance_images(the_subject, out / "instances")
+    print(f"[1/5] instance photos of {subject} ({the_subject.description}) in {photos}")
+    print(check_folder(photos, resolution=RESOLUTION).format())
 
-    print("[3/5] class images and training (DreamBooth-LoRA with prior preservation)")
-    config = TrainConfig(
+    settings = BenchSettings(
         model=str(model_dir),
-        images=str(photo_dir),
-        output=str(out),
-        token="sks",
-        class_noun="dog",
-        resolution=64,
+        contexts=CONTEXTS[:4],
+        seeds=seeds,
         steps=steps,
-        lr=5e-3,
-        rank=8,
-        class_images=16,
-        class_steps=10,
-        class_batch_size=8,
-        sample_every=max(1, steps // 3),
-        sample_steps=10,
-        sample_prompts=DEMO_PROMPTS[:2],
-        sample_seeds=(0, 1),
-        device="cpu",
-        flip=True,
+        class_images=class_images,
+        class_steps=gen_steps,
+        gen_steps=gen_steps,
     )
+    config = train_config(settings, the_subject, "lora", True, photos, out / "run", out / "class_bank")
+    print(f"[2/5] {class_images} class images of '{the_subject.shape}' from the base model {model_dir.name}/")
+    print(f"[3/5] DreamBooth-LoRA with prior preservation, {steps} steps")
     result = train(config, progress=progress)
 
-    print("[4/5] base model vs personalised model on new prompts")
-    import torch
-
-    base = load_pipeline(config.model, [])
-    tuned = load_pipeline(config.model, [Adapter(result.output / "pytorch_lora_weights.safetensors")])
-    rows = []
-    for pipe in (base, tuned):
-        row = []
-        for prompt in DEMO_PROMPTS:
-            image = pipe(
-                prompt,
-                num_inference_steps=10,
-                height=64,
-                width=64,
-                generator=torch.Generator().manual_seed(0),
-            ).images[0]
-            row.append(image)
-        rows.append(row)
+    print("[4/5] base model vs personalised model in new contexts")
+    scenes = context_scenes(the_subject, settings.contexts)
+    k = len(seeds)
+    base = load_pipeline(str(model_dir), [])
+    tuned = tuned_pipeline(str(model_dir), "lora", result.output)
+    base_sks = images_for(base, subject_prompts(scenes), settings)
+    base_class = images_for(base, class_prompts(scenes), settings)
+    tuned_sks = images_for(tuned, subject_prompts(scenes), settings)
+    tuned_class = images_for(tuned, class_prompts(scenes), settings)
+    scores = DemoScores(
+        subject_fidelity=subject_fidelity(flat_images(tuned_sks), the_subject),
+        base_subject_fidelity=subject_fidelity(flat_images(base_sks), the_subject),
+        prompt_fidelity=context_fidelity(flat_images(tuned_sks), repeat_scenes(scenes, k)),
+        base_prompt_fidelity=context_fidelity(flat_images(base_class), repeat_scenes(scenes, k)),
+        leakage=leakage(flat_images(tuned_class), the_subject),
+        base_leakage=leakage(flat_images(base_class), the_subject),
+    )
     grid = labelled_grid(
-        rows,
-        row_labels=["base model", "base + LoRA"],
-        col_labels=list(DEMO_PROMPTS),
-        title="boothkit demo: same seeds, same prompts",
-        label_width=110,
+        [
+            [g[0] for g in base_class],
+            [g[0] for g in base_sks],
+            [g[0] for g in tuned_sks],
+            [g[0] for g in tuned_class],
+        ],
+        row_labels=[
+            "base, class prompt",
+            "base, sks prompt",
+            "base + LoRA, sks prompt",
+            "base + LoRA, class prompt",
+        ],
+        col_labels=[f"{size} {pos} on {bg}" for size, pos, bg in settings.contexts],
+        title=f"boothkit demo: {subject} ('sks {the_subject.shape}'), seed 0",
+        label_width=150,
     )
     grid_path = atomic_save_image(grid, result.output / "demo_grid.png")
 
     print(f"[5/5] done in {time.time() - started:.0f} s")
     print(summary_text(result, config))
+    print(scores.format())
     print(f"  demo grid : {grid_path}")
     return result.output

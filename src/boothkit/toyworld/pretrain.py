@@ -1,0 +1,723 @@
+"""Pretraining the toy-world base model: a tiny Stable Diffusion 1 that draws the world's captions.
+
+The model has the real SD-1 architecture (AutoencoderKL, a cross-attention UNet2DConditionModel,
+a CLIPTextModel and a CLIP BPE tokenizer), only small, and is written as an ordinary
+StableDiffusionPipeline folder, so boothkit loads and fine-tunes it like any SD-1 checkpoint.
+
+Recipe (:func:`pretrain`):
+
+1. a CLIP-style BPE tokenizer trained on the world's captions; a few rare identifier words
+   ("sks", "zwx", ...) are in its corpus so each is one piece, but no training caption uses them;
+2. the VAE (scale factor 2: 48 px images, 24x24x4 latents), MSE + L1 + a tiny KL term, checked by
+   decoding fresh renders and measuring them with the oracles;
+3. UNet + text encoder together on the epsilon loss over scaled latents (SD's 1000-step
+   scaled-linear DDPM schedule, min-SNR weighting, an EMA of the weights), captions with
+   attributes left out at random (so short prompts such as "a photo of a star" mean something)
+   and 10% empty captions (so classifier-free guidance works).
+
+Some (shape, colour) and (shape, background) pairs never occur in training
+(:data:`HELD_OUT_COLORS`, :data:`HELD_OUT_BACKGROUNDS`); prompt fidelity is measured on those
+combinations only: the share of generated images whose shape, colour, position and background
+the oracle reads as the caption says.
+
+Every ``eval_every`` steps the EMA model is evaluated, saved to ``output`` (fp16 safetensors) if
+it is the best so far, and the log line appended to ``output/pretrain_log.txt``; an interrupted
+run therefore leaves a usable model.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from boothkit.toyworld.oracles import measure
+from boothkit.toyworld.render import coverage, placement, render
+from boothkit.toyworld.scene import (
+    BACKGROUND_PHRASES,
+    BACKGROUNDS,
+    COLORS,
+    POSITION_PHRASES,
+    POSITIONS,
+    SHAPES,
+    SIZES,
+    Scene,
+    caption,
+    vocabulary,
+)
+
+RESOLUTION = 48  # the oracles read 99% of 48 px renders right even at half resolution; 32 px: 58%
+MAX_TOKENS = 32  # the longest caption is 19 tokens with its start and end markers
+RARE_TOKENS: tuple[str, ...] = ("sks", "zwx", "ohwx", "phol", "bnha")
+ATTRIBUTES = ("shape", "color", "position", "background")
+
+# Combinations that pretraining never shows: one colour and one background per shape.
+HELD_OUT_COLORS: dict[str, str] = {shape: COLORS[(3 * i + 1) % len(COLORS)] for i, shape in enumerate(SHAPES)}
+HELD_OUT_BACKGROUNDS: dict[str, str] = {
+    shape: BACKGROUNDS[(3 * i + 2) % len(BACKGROUNDS)] for i, shape in enumerate(SHAPES)
+}
+
+
+@dataclass
+class PretrainSettings:
+    """Everything that decides the model (the flags of ``boothkit toyworld pretrain``)."""
+
+    steps: int = 3000
+    vae_steps: int = 800
+    batch_size: int = 32
+    vae_batch_size: int = 32
+    lr: float = 1e-3
+    vae_lr: float = 1e-3
+    width: int = 32  # channels of the first UNet block; the others are 2x and 3x
+    text_width: int = 64
+    caption_dropout: float = 0.1
+    attribute_dropout: float = 0.15
+    ema_decay: float = 0.995
+    snr_gamma: float = 5.0
+    eval_every: int = 250
+    eval_images: int = 56
+    eval_steps: int = 20
+    guidance: float = 5.0
+    max_minutes: float | None = None  # stop the UNet phase after this long (the VAE phase is separate)
+    decoder_steps: int = 0  # decoder-only refinement after the UNet phase (encoder frozen)
+    device: str = "cpu"
+    seed: int = 0
+    threads: int | None = None
+    vae_from: str = ""  # a model folder (or its vae/ folder) whose trained VAE replaces phase 1
+    init_from: str = ""  # a toy model folder to continue pretraining (implies its VAE)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    """Prompt fidelity of a set of generated images: per attribute and all four together."""
+
+    overall: float
+    per_attribute: dict[str, float]
+    n: int
+
+    def format(self) -> str:
+        parts = " ".join(f"{k}={v:.2f}" for k, v in self.per_attribute.items())
+        return f"fidelity={self.overall:.3f} ({parts}, n={self.n})"
+
+
+# --------------------------------------------------------------------------- data
+
+
+def is_held_out(scene: Scene) -> bool:
+    """Whether the scene uses one of the combinations pretraining never shows."""
+    return (
+        HELD_OUT_COLORS[scene.shape] == scene.color or HELD_OUT_BACKGROUNDS[scene.shape] == scene.background
+    )
+
+
+def training_scene(rng: random.Random) -> Scene:
+    """A uniformly random scene outside the held-out combinations."""
+    while True:
+        scene = Scene(
+            shape=rng.choice(SHAPES),
+            color=rng.choice(COLORS),
+            size=rng.choice(SIZES),
+            position=rng.choice(POSITIONS),
+            background=rng.choice(BACKGROUNDS),
+        )
+        if not is_held_out(scene):
+            return scene
+
+
+def held_out_scenes(n: int, seed: int = 1234) -> list[Scene]:
+    """``n`` scenes, each with a held-out (shape, colour) or (shape, background) pair, alternating."""
+    rng = random.Random(seed)
+    scenes = []
+    for i in range(n):
+        shape = SHAPES[i % len(SHAPES)]
+        if (i // len(SHAPES)) % 2 == 0:
+            color = HELD_OUT_COLORS[shape]
+            background = rng.choice(BACKGROUNDS)
+        else:
+            color = rng.choice(COLORS)
+            background = HELD_OUT_BACKGROUNDS[shape]
+        scenes.append(Scene(shape, color, rng.choice(SIZES), rng.choice(POSITIONS), background))
+    return scenes
+
+
+def partial_caption(scene: Scene, keep: Iterable[str]) -> str:
+    """The scene's caption with only the attributes in ``keep`` said (the shape is always said)."""
+    kept = set(keep)
+    words = ["a photo of a"]
+    if "size" in kept:
+        words.append(scene.size)
+    if "color" in kept and scene.color is not None:
+        words.append(scene.color)
+    words.append(scene.shape)
+    if "position" in kept:
+        words.append(POSITION_PHRASES[scene.position])
+    if "background" in kept:
+        words.append(f"on a {BACKGROUND_PHRASES[scene.background]} background")
+    return " ".join(words)
+
+
+def training_caption(scene: Scene, rng: random.Random, settings: PretrainSettings) -> str:
+    """A caption for training: empty (classifier-free guidance), full, or with attributes left out."""
+    if rng.random() < settings.caption_dropout:
+        return ""
+    keep = [
+        a for a in ("size", "color", "position", "background") if rng.random() >= settings.attribute_dropout
+    ]
+    if len(keep) == 4:
+        return caption(scene)
+    return partial_caption(scene, keep)
+
+
+def tokenizer_corpus() -> list[str]:
+    """Captions and words the tokenizer learns from: every vocabulary word and the rare tokens."""
+    rng = random.Random(0)
+    lines = [caption(training_scene(rng)) for _ in range(200)]
+    lines += [" ".join(vocabulary())] * 5
+    lines += [f"a photo of a {token} {shape}" for token in RARE_TOKENS for shape in SHAPES]
+    return lines
+
+
+def to_tensor(images: Sequence[Image.Image]) -> torch.Tensor:
+    """PIL images -> (N, 3, H, W) in [-1, 1]."""
+    array = np.stack([np.asarray(im.convert("RGB"), dtype=np.float32) for im in images])
+    return torch.from_numpy(array).permute(0, 3, 1, 2) / 127.5 - 1.0
+
+
+def to_images(batch: torch.Tensor) -> list[Image.Image]:
+    """(N, 3, H, W) in [-1, 1] -> PIL images."""
+    array = ((batch.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(a) for a in array]
+
+
+def render_batch(rng: random.Random, n: int) -> tuple[list[Scene], list[Image.Image]]:
+    scenes = [training_scene(rng) for _ in range(n)]
+    images = [render(s, size=RESOLUTION, seed=rng.randrange(1 << 30)) for s in scenes]
+    return scenes, images
+
+
+def render_batch_with_masks(rng: random.Random, n: int) -> tuple[list[Image.Image], torch.Tensor]:
+    """Fresh renders and, per image, the object's pixel coverage (N, 1, H, W) in 0..1."""
+    images, masks = [], []
+    for _ in range(n):
+        scene, seed = training_scene(rng), rng.randrange(1 << 30)
+        images.append(render(scene, size=RESOLUTION, seed=seed))
+        masks.append(coverage(scene.shape, placement(scene, seed), RESOLUTION))
+    return images, torch.from_numpy(np.stack(masks)).float()[:, None]
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def prompt_fidelity(images: Sequence[Image.Image], scenes: Sequence[Scene]) -> Fidelity:
+    """Share of images whose shape, colour, position and background all agree with their scene."""
+    if len(images) != len(scenes) or not images:
+        raise ValueError("prompt_fidelity needs as many scenes as images, at least one")
+    hits = {a: 0 for a in ATTRIBUTES}
+    joint = 0
+    for image, scene in zip(images, scenes, strict=True):
+        agrees = measure(image).agrees(scene)
+        for a in ATTRIBUTES:
+            hits[a] += bool(agrees.get(a, True))
+        joint += all(agrees.get(a, True) for a in ATTRIBUTES)
+    n = len(images)
+    return Fidelity(joint / n, {a: hits[a] / n for a in ATTRIBUTES}, n)
+
+
+def generate(
+    pipe: Any,
+    prompts: Sequence[str],
+    *,
+    seed: int = 0,
+    steps: int = 20,
+    guidance: float = 5.0,
+    batch_size: int = 32,
+    resolution: int = RESOLUTION,
+) -> list[Image.Image]:
+    """Images for ``prompts``, image i seeded by ``seed + i`` whatever the batching."""
+    out: list[Image.Image] = []
+    device = pipe.unet.device
+    for start in range(0, len(prompts), batch_size):
+        chunk = list(prompts[start : start + batch_size])
+        generators = [torch.Generator(device).manual_seed(seed + start + i) for i in range(len(chunk))]
+        result = pipe(
+            chunk,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            height=resolution,
+            width=resolution,
+            generator=generators,
+        )
+        out.extend(result.images)
+    return out
+
+
+def evaluate_pipeline(
+    pipe: Any, n: int = 56, *, steps: int = 20, guidance: float = 5.0, seed: int = 0
+) -> Fidelity:
+    """Prompt fidelity of ``pipe`` on ``n`` held-out captions."""
+    scenes = held_out_scenes(n)
+    images = generate(pipe, [caption(s) for s in scenes], seed=seed, steps=steps, guidance=guidance)
+    return prompt_fidelity(images, scenes)
+
+
+# --------------------------------------------------------------------------- model
+
+
+def noise_schedule() -> dict[str, Any]:
+    """Stable Diffusion's training schedule."""
+    return {
+        "num_train_timesteps": 1000,
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "beta_schedule": "scaled_linear",
+        "steps_offset": 1,
+    }
+
+
+def build_components(settings: PretrainSettings, tokenizer_dir: Path) -> dict[str, Any]:
+    """Freshly initialised components of the toy SD-1 pipeline."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from boothkit.tiny import train_tokenizer
+
+    train_tokenizer(tokenizer_dir, tokenizer_corpus(), vocab_size=600)
+    tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir), model_max_length=MAX_TOKENS)
+    hidden = settings.text_width
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=hidden,
+            intermediate_size=2 * hidden,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            max_position_embeddings=MAX_TOKENS,
+            projection_dim=hidden,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            hidden_act="quick_gelu",
+        )
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=16,
+        sample_size=RESOLUTION,
+    )
+    w = settings.width
+    unet = UNet2DConditionModel(
+        sample_size=RESOLUTION // 2,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(w, 2 * w, 3 * w),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=16,
+        cross_attention_dim=hidden,
+        attention_head_dim=4,  # diffusers reads this as the number of heads
+    )
+    scheduler = DDIMScheduler(**noise_schedule(), clip_sample=False, set_alpha_to_one=False)
+    return {
+        "tokenizer": tokenizer,
+        "text_encoder": text_encoder,
+        "vae": vae,
+        "unet": unet,
+        "scheduler": scheduler,
+    }
+
+
+def assemble(components: dict[str, Any]) -> Any:
+    from diffusers import StableDiffusionPipeline
+
+    pipe: Any = StableDiffusionPipeline(
+        **components, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def save_model(components: dict[str, Any], output: Path, meta: dict[str, Any]) -> None:
+    """Write the pipeline folder with fp16 weights (atomically: a temp folder, then renamed)."""
+    import shutil
+
+    half = {
+        k: (copy.deepcopy(v).to("cpu", torch.float16) if isinstance(v, torch.nn.Module) else v)
+        for k, v in components.items()
+    }
+    tmp = output.with_name(output.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    assemble(half).save_pretrained(tmp, safe_serialization=True)
+    (tmp / "boothkit_toyworld.json").write_text(json.dumps(meta, indent=2) + "\n")
+    log = output / "pretrain_log.txt"
+    if log.exists():
+        shutil.copy2(log, tmp / "pretrain_log.txt")
+    if output.exists():
+        old = output.with_name(output.name + ".old")
+        if old.exists():
+            shutil.rmtree(old)
+        output.rename(old)
+        tmp.rename(output)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(output)
+
+
+def folder_size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _train_vae(vae: Any, settings: PretrainSettings, rng: random.Random, log: Callable[[str], None]) -> None:
+    device = settings.device
+    vae.to(device).train()
+    opt = torch.optim.AdamW(vae.parameters(), lr=settings.vae_lr, weight_decay=0.0)
+    started = time.time()
+    for step in range(1, settings.vae_steps + 1):
+        _, images = render_batch(rng, settings.vae_batch_size)
+        x = to_tensor(images).to(device)
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample()).sample
+        mse = torch.nn.functional.mse_loss(recon, x)
+        kl = posterior.kl().mean() / x[0].numel()
+        # L1 keeps small objects' edges sharper than MSE alone; the KL term only keeps latents tame.
+        loss = mse + 0.5 * torch.nn.functional.l1_loss(recon, x) + 1e-4 * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        if step % 50 == 0 or step == settings.vae_steps:
+            log(
+                f"vae step {step}/{settings.vae_steps} mse={mse.item():.4f} kl={kl.item():.3f} [{time.time() - started:.0f} s]"
+            )
+    vae.eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def _vae_check(vae: Any, device: str, n: int = 64) -> tuple[float, float]:
+    """Oracle fidelity of VAE reconstructions of fresh renders, and the latents' std."""
+    rng = random.Random(999)
+    scenes, images = render_batch(rng, n)
+    x = to_tensor(images).to(device)
+    latents = vae.encode(x).latent_dist.mean
+    recon = to_images(vae.decode(latents).sample)
+    return prompt_fidelity(recon, scenes).overall, float(latents.std())
+
+
+def object_weights(masks: torch.Tensor, object_weight: float) -> torch.Tensor:
+    """Per-pixel loss weights: 1 on background, 1 + ``object_weight`` on and one pixel around the object."""
+    grown = torch.nn.functional.max_pool2d(masks, kernel_size=3, stride=1, padding=1)
+    return 1.0 + object_weight * grown
+
+
+def weighted_reconstruction_loss(recon: torch.Tensor, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Weighted MSE + 0.5 weighted L1, normalised by the weights' sum (pure)."""
+    err = recon - x
+    per_pixel = (err**2 + 0.5 * err.abs()).mean(dim=1, keepdim=True)
+    return (weights * per_pixel).sum() / weights.sum()
+
+
+def refine_decoder(
+    vae: Any,
+    steps: int,
+    *,
+    lr: float = 5e-4,
+    batch_size: int = 32,
+    object_weight: float = 10.0,
+    device: str = "cpu",
+    seed: int = 1,
+    log: Callable[[str], None] = print,
+    every: int = 100,
+    save: Callable[[Any], None] | None = None,
+) -> float:
+    """Train only the decoder on sampled latents of fresh renders; returns reconstruction fidelity.
+
+    The encoder (the latent space the UNet learned) is frozen, so this can run after, or beside,
+    UNet training and the refined decoder can replace the old one in a finished model. Objects
+    cover a few percent of the pixels and are what blur first (a blurred star reads as a circle),
+    so their pixels weigh ``1 + object_weight`` in the loss. ``save`` is called with the VAE after
+    every evaluation that is the best so far.
+    """
+    rng = random.Random(seed)
+    noise = torch.Generator(device).manual_seed(seed)
+    vae.to(device)
+    vae.requires_grad_(False)
+    trainable = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
+    for p in trainable:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0)
+    started = time.time()
+    best, _ = _vae_check(vae.eval(), device)
+    log(f"decoder step 0/{steps}: reconstruction fidelity {best:.3f}")
+    for step in range(1, steps + 1):
+        images, masks = render_batch_with_masks(rng, batch_size)
+        x = to_tensor(images).to(device)
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.sample(generator=noise)
+        recon = vae.decode(z).sample
+        loss = weighted_reconstruction_loss(recon, x, object_weights(masks.to(device), object_weight))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % every == 0 or step == steps:
+            fidelity, _ = _vae_check(vae, device)
+            log(
+                f"decoder step {step}/{steps}: loss={loss.item():.4f} reconstruction fidelity {fidelity:.3f} [{time.time() - started:.0f} s]"
+            )
+            if fidelity >= best:
+                best = fidelity
+                if save is not None:
+                    save(vae)
+    vae.requires_grad_(False)
+    return best
+
+
+def refine_model_decoder(
+    folder: str | Path, steps: int, *, log: Callable[[str], None] = print, **kw: Any
+) -> float:
+    """Refine the decoder of a toy model folder in place; the log goes to its pretrain_log.txt too."""
+
+    model = Path(folder)
+    log_path = model / "pretrain_log.txt"
+
+    def say(line: str) -> None:
+        stamped = f"{time.strftime('%H:%M:%S')} {line}"
+        log(stamped)
+        with log_path.open("a") as f:
+            f.write(stamped + "\n")
+
+    vae = load_vae(model)
+    say(f"refine decoder of {model}: {steps} steps {json.dumps(kw)}")
+    best = refine_decoder(vae, steps, log=say, save=lambda v: replace_decoder(model, v), **kw)
+    meta_path = model / "boothkit_toyworld.json"
+    if meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        meta["vae_reconstruction_fidelity"] = best
+        meta["decoder_refinement_steps"] = meta.get("decoder_refinement_steps", 0) + steps
+        meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+    say(f"decoder refined: best reconstruction fidelity {best:.3f}")
+    return best
+
+
+def replace_decoder(folder: Path, vae: Any) -> None:
+    """Write ``vae`` (fp16) over the model folder's VAE, atomically; its encoder must be the folder's own."""
+    import shutil
+
+    target = Path(folder) / "vae"
+    tmp = target.with_name(".vae.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    copy.deepcopy(vae).to("cpu", torch.float16).save_pretrained(tmp, safe_serialization=True)
+    old = target.with_name(".vae.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if target.exists():
+        target.rename(old)
+    tmp.rename(target)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def load_components(folder: str | Path) -> dict[str, Any]:
+    """The trainable components of a toy model folder, in float32, to continue pretraining."""
+    from diffusers import DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    root = Path(folder)
+    return {
+        "tokenizer": CLIPTokenizer.from_pretrained(str(root / "tokenizer")),
+        "text_encoder": CLIPTextModel.from_pretrained(str(root / "text_encoder"), torch_dtype=torch.float32),
+        "vae": load_vae(root),
+        "unet": UNet2DConditionModel.from_pretrained(str(root / "unet"), torch_dtype=torch.float32),
+        "scheduler": DDIMScheduler.from_pretrained(str(root / "scheduler")),
+    }
+
+
+def load_vae(path: str | Path) -> Any:
+    """The AutoencoderKL of a toy model folder, or of a vae/ folder, in float32."""
+    from diffusers import AutoencoderKL
+
+    folder = Path(path)
+    if (folder / "vae" / "config.json").is_file():
+        folder = folder / "vae"
+    return AutoencoderKL.from_pretrained(str(folder), torch_dtype=torch.float32)
+
+
+def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    with torch.no_grad():
+        for e, p in zip(ema.parameters(), model.parameters(), strict=True):
+            e.lerp_(p, 1.0 - decay)
+
+
+def pretrain(
+    output: str | Path,
+    settings: PretrainSettings | None = None,
+    *,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Pretrain the toy base model into ``output`` (a StableDiffusionPipeline folder); returns it."""
+    import tempfile
+
+    from diffusers import DDPMScheduler
+
+    s = settings or PretrainSettings()
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    log_path = out / "pretrain_log.txt"
+    log_path.write_text("")
+
+    def say(line: str) -> None:
+        stamped = f"{time.strftime('%H:%M:%S')} {line}"
+        log(stamped)
+        with log_path.open("a") as f:
+            f.write(stamped + "\n")
+
+    if s.threads:
+        torch.set_num_threads(s.threads)
+    torch.manual_seed(s.seed)
+    rng = random.Random(s.seed)
+    say(f"settings {json.dumps(asdict(s))}")
+    say(f"held out (shape, colour): {HELD_OUT_COLORS}")
+    say(f"held out (shape, background): {HELD_OUT_BACKGROUNDS}")
+    started = time.time()
+    if s.init_from:
+        components = load_components(s.init_from)
+        s.vae_from = s.vae_from or s.init_from
+        say(f"continuing from {s.init_from} (its tokenizer, text encoder and UNet; a fresh optimizer)")
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            components = build_components(s, Path(tmp) / "tokenizer")
+    tokenizer, text_encoder, vae, unet = (components[k] for k in ("tokenizer", "text_encoder", "vae", "unet"))
+    for name in ("text_encoder", "vae", "unet"):
+        n_params = sum(p.numel() for p in components[name].parameters())
+        say(f"{name}: {n_params / 1e6:.2f} M parameters")
+
+    # Phase 1: the autoencoder (or one trained before, with its scaling factor).
+    if s.vae_from:
+        vae = load_vae(s.vae_from).to(s.device).eval().requires_grad_(False)
+        components["vae"] = vae
+        vae_fid, _ = _vae_check(vae, s.device)
+        scaling = float(vae.config.scaling_factor)
+        say(f"vae loaded from {s.vae_from}: reconstruction fidelity {vae_fid:.3f}, scaling {scaling:.4f}")
+    else:
+        _train_vae(vae, s, rng, say)
+        vae_fid, latent_std = _vae_check(vae, s.device)
+        scaling = 1.0 / max(latent_std, 1e-3)
+        vae.register_to_config(scaling_factor=scaling)
+        say(
+            f"vae done: reconstruction fidelity {vae_fid:.3f}, latent std {latent_std:.3f} -> scaling {scaling:.4f} [{time.time() - started:.0f} s]"
+        )
+
+    # Phase 2: UNet + text encoder.
+    device = s.device
+    unet.to(device).train()
+    text_encoder.to(device).train()
+    ema_unet = copy.deepcopy(unet).eval().requires_grad_(False)
+    ema_text = copy.deepcopy(text_encoder).eval().requires_grad_(False)
+    params = [*unet.parameters(), *text_encoder.parameters()]
+    opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=1e-2)
+    noise_sched: Any = DDPMScheduler(**noise_schedule())
+    alphas = noise_sched.alphas_cumprod.to(device)
+    snr_all = alphas / (1 - alphas)
+    warmup = min(100, s.steps // 10 + 1)
+    phase_start = time.time()
+    best = -1.0
+    best_step = 0
+    losses: list[float] = []
+    step = 0
+    for step in range(1, s.steps + 1):
+        for group in opt.param_groups:
+            group["lr"] = s.lr * min(1.0, step / warmup)
+        scenes, images = render_batch(rng, s.batch_size)
+        texts = [training_caption(sc, rng, s) for sc in scenes]
+        ids = tokenizer(
+            texts, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt"
+        )
+        with torch.no_grad():
+            x = to_tensor(images).to(device)
+            latents = vae.encode(x).latent_dist.sample() * scaling
+        noise = torch.randn_like(latents)
+        t = torch.randint(0, 1000, (latents.shape[0],), device=device)
+        noisy = noise_sched.add_noise(latents, noise, t)
+        hidden = text_encoder(ids.input_ids.to(device))[0]
+        pred = unet(noisy, t, hidden).sample
+        snr = snr_all[t]
+        weight = torch.clamp(snr, max=s.snr_gamma) / snr
+        loss = (weight * ((pred - noise) ** 2).mean(dim=(1, 2, 3))).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        decay = min(s.ema_decay, (1 + step) / (10 + step))
+        _ema_update(ema_unet, unet, decay)
+        _ema_update(ema_text, text_encoder, decay)
+        losses.append(loss.item())
+        elapsed = time.time() - phase_start
+        out_of_time = s.max_minutes is not None and elapsed > 60 * s.max_minutes
+        if step % 50 == 0:
+            say(f"step {step}/{s.steps} loss={np.mean(losses[-50:]):.4f} [{elapsed:.0f} s]")
+        if step % s.eval_every == 0 or step == s.steps or out_of_time:
+            comps = {**components, "unet": ema_unet, "text_encoder": ema_text}
+            fid = evaluate_pipeline(assemble(comps), s.eval_images, steps=s.eval_steps, guidance=s.guidance)
+            say(f"eval step {step}: held-out {fid.format()} [{time.time() - phase_start:.0f} s]")
+            if fid.overall >= best:
+                best, best_step = fid.overall, step
+                meta = {
+                    "step": step,
+                    "held_out_fidelity": fid.overall,
+                    "per_attribute": fid.per_attribute,
+                    "eval_images": fid.n,
+                    "eval_steps": s.eval_steps,
+                    "guidance": s.guidance,
+                    "vae_reconstruction_fidelity": vae_fid,
+                    "held_out_colors": HELD_OUT_COLORS,
+                    "held_out_backgrounds": HELD_OUT_BACKGROUNDS,
+                    "settings": asdict(s),
+                }
+                save_model(comps, out, meta)
+                say(f"saved step {step} to {out} ({folder_size(out) / 1e6:.1f} MB)")
+        if out_of_time:
+            say(f"time limit of {s.max_minutes} min reached at step {step}")
+            break
+    if s.decoder_steps > 0:
+        # The same as `boothkit toyworld refine-decoder --model OUT` afterwards (or beside phase 2):
+        # the encoder is frozen from here on, so the UNet's latent space does not move.
+        refine_model_decoder(out, s.decoder_steps, log=log)
+    say(
+        f"done: best held-out fidelity {best:.3f} at step {best_step}; total {(time.time() - started) / 60:.1f} min"
+    )
+    return out
+
+
+def settings_from_args(args: Any) -> PretrainSettings:
+    """PretrainSettings from an argparse namespace (the CLI's flags have the fields' names)."""
+    s = PretrainSettings()
+    for name in asdict(s):
+        value = getattr(args, name, None)
+        if value is not None:
+            setattr(s, name, value)
+    return s
+
+
+def shipped_model_dir() -> Path:
+    """The model folder that ships with boothkit."""
+    return Path(__file__).resolve().parent / "model"

@@ -1,0 +1,33 @@
+"""`boothkit demo` end to end on the shipped toy model: a fast variant, and the default one (slow)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from boothkit.demo import run_demo
+
+
+def test_demo_fast_variant(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = run_demo(tmp_path / "demo", steps=4, class_images=2, seeds=(0,), gen_steps=4, progress=False)
+    assert (run / "demo_grid.png").exists()
+    assert (run / "pytorch_lora_weights.safetensors").exists()
+    printed = capsys.readouterr().out
+    for score in ("subject fidelity", "prompt fidelity", "leakage"):
+        assert score in printed
+
+
+def test_demo_refuses_an_unknown_subject(tmp_path: Path) -> None:
+    from boothkit.errors import BoothkitError
+
+    with pytest.raises(BoothkitError, match="unknown toy-world subject"):
+        run_demo(tmp_path / "demo", subject="no_such_thing", progress=False)
+
+
+@pytest.mark.slow
+def test_demo_default_settings_learns_the_subject(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from boothkit.cli import main
+
+    assert main(["demo", "--quiet", "--output", str(tmp_path / "demo")]) == 0
+    assert "subject fidelity" in capsys.readouterr().out

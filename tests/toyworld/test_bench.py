@@ -1,0 +1,131 @@
+"""The bench's metrics on synthetic images, a short DreamBooth run, and a tiny end-to-end bench."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from PIL import Image
+
+from boothkit.toyworld import SUBJECTS, TEST_SUBJECTS, Scene, render, render_subject
+from boothkit.toyworld.bench import (
+    CONTEXTS,
+    BenchSettings,
+    RunScores,
+    class_prompts,
+    context_fidelity,
+    context_scenes,
+    diversity,
+    leakage,
+    markdown_table,
+    pixel_distance,
+    subject_fidelity,
+    subject_prompts,
+)
+
+SUBJECT = SUBJECTS[TEST_SUBJECTS[0]]
+
+
+def _subject_images(scenes: list[Scene]) -> list[Image.Image]:
+    return [render_subject(SUBJECT, s, size=32, seed=i) for i, s in enumerate(scenes)]
+
+
+def test_prompts_name_the_token_or_the_class_only() -> None:
+    scenes = context_scenes(SUBJECT, CONTEXTS[:2])
+    assert subject_prompts(scenes) == [
+        "a photo of a large sks circle in the top left on a grass background",
+        "a photo of a large sks circle in the bottom right on a water background",
+    ]
+    assert class_prompts(scenes)[0] == "a photo of a large circle in the top left on a grass background"
+
+
+def test_subject_fidelity_and_leakage_on_renders() -> None:
+    scenes = context_scenes(SUBJECT, CONTEXTS)
+    subject_images = _subject_images(scenes)
+    plain = [render(Scene(s.shape, "red", s.size, s.position, s.background), size=32) for s in scenes]
+    assert subject_fidelity(subject_images, SUBJECT) == 1.0
+    assert subject_fidelity(plain, SUBJECT) == 0.0
+    assert leakage(subject_images[:3] + plain[3:], SUBJECT) == 0.5
+
+
+def test_context_fidelity_checks_position_and_background() -> None:
+    scenes = context_scenes(SUBJECT, CONTEXTS)
+    images = _subject_images(scenes)
+    assert context_fidelity(images, scenes) == 1.0
+    assert context_fidelity(images[1:] + images[:1], scenes) == 0.0
+
+
+def test_diversity_is_zero_for_copies_and_grows_with_difference() -> None:
+    a = Image.new("RGB", (8, 8), (0, 0, 0))
+    b = Image.new("RGB", (8, 8), (255, 255, 255))
+    assert pixel_distance(a, b) == 1.0
+    assert diversity([[a, a], [b, b]]) == 0.0
+    assert diversity([[a, b], [a, a]]) == 0.5
+    assert diversity([[a]]) == 0.0
+
+
+def test_markdown_table_has_one_row_per_run() -> None:
+    scores = RunScores("s", "lora", True, 0.9, 0.8, 0.85, 0.02, 0.0, 0.01, 0.2, 0.0, 5.0, 60.0, 300)
+    table = markdown_table([scores, scores])
+    lines = table.strip().splitlines()
+    assert len(lines) == 4 and lines[1].startswith("|---")
+    assert "| s | lora | yes | 0.90 | 0.80 (0.85) | 0.02 (0.00) |" in lines[2]
+
+
+def test_dreambooth_lora_raises_the_subject_score_above_the_base_model(tmp_path: Path) -> None:
+    """LoRA with prior preservation at the bench's defaults on the shipped model: the "sks" prompts'
+    images look like the test subject (oracle score, 0..1) far more than the base model's do
+    (measured: mean 0.005 -> 0.31, 2 of 6 images over the subject threshold, none for the base)."""
+    import numpy as np
+
+    from boothkit.generate import load_pipeline
+    from boothkit.toyworld.bench import (
+        flat_images,
+        images_for,
+        train_config,
+        tuned_pipeline,
+        write_instance_images,
+    )
+    from boothkit.toyworld.oracles import subject_score
+    from boothkit.toyworld.pretrain import shipped_model_dir
+    from boothkit.train import train
+
+    model = str(shipped_model_dir())
+    settings = BenchSettings(model=model, contexts=CONTEXTS[:3], seeds=(0, 1), class_images=24)
+    images = write_instance_images(SUBJECT, tmp_path / "photos")
+    config = train_config(settings, SUBJECT, "lora", True, images, tmp_path / "run", tmp_path / "bank")
+    result = train(config, progress=False, log=lambda _line: None)
+    prompts = subject_prompts(context_scenes(SUBJECT, settings.contexts))
+    base = flat_images(images_for(load_pipeline(model, []), prompts, settings))
+    tuned = flat_images(images_for(tuned_pipeline(model, "lora", result.output), prompts, settings))
+    base_score = float(np.mean([subject_score(im, SUBJECT) for im in base]))
+    tuned_score = float(np.mean([subject_score(im, SUBJECT) for im in tuned]))
+    assert tuned_score > base_score + 0.1, (base_score, tuned_score)
+    assert subject_fidelity(tuned, SUBJECT) >= subject_fidelity(base, SUBJECT)
+
+
+def test_bench_quick_end_to_end_through_the_cli(tmp_path: Path) -> None:
+    from boothkit.cli import main
+
+    out = tmp_path / "bench"
+    code = main(
+        [
+            "toyworld",
+            "bench",
+            "--quick",
+            "--quiet",
+            "--output",
+            str(out),
+            "--steps",
+            "2",
+            "--seeds",
+            "1",
+            "--class-images",
+            "2",
+        ]
+    )
+    assert code == 0
+    payload = json.loads((out / "bench.json").read_text())
+    assert [(r["method"], r["prior"]) for r in payload["results"]] == [("lora", True)]
+    assert (out / "bench.md").read_text().count("\n") == 3
+    assert (out / "index.html").exists() and list((out / "grids").glob("*.png"))

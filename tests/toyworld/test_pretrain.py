@@ -1,0 +1,240 @@
+"""The toy base model: its data split, its captions, the pretraining loop, and the shipped weights."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from boothkit.toyworld import Scene, caption, parse_caption, render
+from boothkit.toyworld.pretrain import (
+    HELD_OUT_BACKGROUNDS,
+    HELD_OUT_COLORS,
+    MAX_TOKENS,
+    RARE_TOKENS,
+    PretrainSettings,
+    evaluate_pipeline,
+    folder_size,
+    held_out_scenes,
+    is_held_out,
+    object_weights,
+    partial_caption,
+    pretrain,
+    prompt_fidelity,
+    shipped_model_dir,
+    tokenizer_corpus,
+    training_caption,
+    training_scene,
+    weighted_reconstruction_loss,
+)
+
+# The shipped model draws the shape and the colour a held-out caption asks for (measured with 56
+# captions: shape 0.84, colour 0.96; with the test's 14 captions and 15 steps: 0.79, 0.93); an
+# untrained model scores about 1/7 and 1/8. It does not yet follow position words (0.09, chance
+# level), so the joint fidelity is near zero: see the issue notes and BENCHMARKS.md.
+SHAPE_FLOOR = 0.6
+COLOR_FLOOR = 0.75
+
+
+def test_training_never_shows_held_out_pairs() -> None:
+    rng = random.Random(0)
+    for _ in range(2000):
+        scene = training_scene(rng)
+        assert HELD_OUT_COLORS[scene.shape] != scene.color
+        assert HELD_OUT_BACKGROUNDS[scene.shape] != scene.background
+
+
+def test_held_out_scenes_are_all_held_out_and_cover_every_shape() -> None:
+    scenes = held_out_scenes(28)
+    assert all(is_held_out(s) for s in scenes)
+    assert {s.shape for s in scenes} == {s for s in HELD_OUT_COLORS}
+    assert held_out_scenes(28) == scenes  # deterministic
+
+
+def test_captions_full_partial_and_empty() -> None:
+    scene = Scene("star", "red", "small", "top left", "grass")
+    assert partial_caption(scene, ("size", "color", "position", "background")) == caption(scene)
+    assert partial_caption(scene, ()) == "a photo of a star"
+    assert partial_caption(scene, ("position",)) == "a photo of a star in the top left"
+    rng = random.Random(1)
+    texts = [training_caption(scene, rng, PretrainSettings()) for _ in range(400)]
+    assert "" in texts  # caption dropout for classifier-free guidance
+    assert caption(scene) in texts
+    assert all(t == "" or t.startswith("a photo of a") for t in texts)
+    parse_caption(caption(scene))
+
+
+def test_tokenizer_keeps_words_and_rare_tokens_whole(tmp_path: Path) -> None:
+    from transformers import CLIPTokenizer
+
+    from boothkit.tiny import train_tokenizer
+    from boothkit.toyworld import vocabulary
+
+    train_tokenizer(tmp_path, tokenizer_corpus(), vocab_size=600)
+    tok = CLIPTokenizer.from_pretrained(str(tmp_path), model_max_length=MAX_TOKENS)
+    for word in [*vocabulary(), *RARE_TOKENS]:
+        assert len(tok.tokenize(word)) == 1, word
+
+
+def test_prompt_fidelity_of_clean_renders_is_one() -> None:
+    scenes = held_out_scenes(14)
+    images = [render(s, size=32, seed=i) for i, s in enumerate(scenes)]
+    fid = prompt_fidelity(images, scenes)
+    assert fid.overall == 1.0 and fid.n == 14
+    shuffled = prompt_fidelity(images[1:] + images[:1], scenes)
+    assert shuffled.overall < 0.5
+
+
+def test_pretrain_smoke_writes_a_loadable_sd1_folder(tmp_path: Path) -> None:
+    from boothkit.families import load_model
+
+    settings = PretrainSettings(
+        vae_steps=2,
+        steps=2,
+        batch_size=4,
+        vae_batch_size=4,
+        eval_every=2,
+        eval_images=2,
+        eval_steps=2,
+        decoder_steps=2,
+    )
+    out = pretrain(tmp_path / "model", settings, log=lambda _line: None)
+    assert (out / "model_index.json").exists()
+    log = (out / "pretrain_log.txt").read_text()
+    assert "eval step 2" in log and "decoder step 2/2" in log and "decoder refined" in log
+    meta = json.loads((out / "boothkit_toyworld.json").read_text())
+    assert meta["decoder_refinement_steps"] == 2
+    assert load_model(str(out)).name == "sd1"
+    assert not list(out.glob(".vae.*"))  # the decoder was swapped in atomically
+
+    # Pretraining continues from a saved model: same tokenizer and VAE, UNet moves on from the saved one.
+    import dataclasses
+
+    from safetensors.torch import load_file
+
+    more = dataclasses.replace(settings, init_from=str(out), decoder_steps=0)
+    again = pretrain(tmp_path / "more", more, log=lambda _line: None)
+    assert "continuing from" in (again / "pretrain_log.txt").read_text()
+    assert (again / "tokenizer" / "tokenizer.json").read_text() == (
+        out / "tokenizer" / "tokenizer.json"
+    ).read_text()
+    vae_a, vae_b = (load_file(str(m / "vae" / "diffusion_pytorch_model.safetensors")) for m in (out, again))
+    assert all(torch.equal(vae_a[k], vae_b[k]) for k in vae_a)
+    unet_a, unet_b = (
+        load_file(str(m / "unet" / "diffusion_pytorch_model.safetensors")) for m in (out, again)
+    )
+    assert any(not torch.equal(unet_a[k], unet_b[k]) for k in unet_a)
+
+
+def test_object_weights_cover_the_object_and_its_rim() -> None:
+    masks = torch.zeros(1, 1, 6, 6)
+    masks[0, 0, 2, 2] = 1.0
+    w = object_weights(masks, 10.0)
+    assert w[0, 0, 1:4, 1:4].eq(11.0).all() and w.sum() == 36 + 9 * 10
+
+
+def test_weighted_reconstruction_loss_favours_object_pixels() -> None:
+    x = torch.zeros(1, 3, 4, 4)
+    weights = torch.ones(1, 1, 4, 4)
+    weights[0, 0, 0, 0] = 11.0
+    assert weighted_reconstruction_loss(x, x, weights) == 0.0
+    on_object, on_background = x.clone(), x.clone()
+    on_object[0, :, 0, 0] = 0.5
+    on_background[0, :, 3, 3] = 0.5
+    assert weighted_reconstruction_loss(on_object, x, weights) > 5 * weighted_reconstruction_loss(
+        on_background, x, weights
+    )
+
+
+def test_refine_decoder_cli_refuses_a_folder_without_a_vae(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from boothkit.cli import main
+
+    assert main(["toyworld", "refine-decoder", "--model", str(tmp_path), "--steps", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "no vae/ folder" in err and "Traceback" not in err
+
+
+def test_shipped_model_is_small_and_loads_through_boothkit() -> None:
+    import torch
+    from diffusers import DiffusionPipeline
+
+    from boothkit.families import load_model
+
+    folder = shipped_model_dir()
+    assert folder_size(folder) <= 25 * 1024 * 1024
+    family = load_model(str(folder))
+    assert family.name == "sd1"
+    pipe = DiffusionPipeline.from_pretrained(str(folder), torch_dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    image = pipe(
+        "a photo of a large red circle in the center on a plain gray background",
+        num_inference_steps=4,
+        height=48,
+        width=48,
+        generator=torch.Generator().manual_seed(0),
+    ).images[0]
+    assert image.size == (48, 48)
+
+
+def test_shipped_model_prompt_fidelity_on_held_out_captions() -> None:
+    from boothkit.generate import load_pipeline
+
+    pipe = load_pipeline(str(shipped_model_dir()), [])
+    fid = evaluate_pipeline(pipe, 14, steps=15)
+    assert fid.per_attribute["shape"] >= SHAPE_FLOOR, fid.format()
+    assert fid.per_attribute["color"] >= COLOR_FLOOR, fid.format()
+
+
+@pytest.mark.slow
+def test_shipped_model_prompt_fidelity_full_eval() -> None:
+    """The figure in pretrain_log.txt, reproduced (56 held-out captions, 20 steps)."""
+    import json
+
+    from boothkit.generate import load_pipeline
+
+    meta = json.loads((shipped_model_dir() / "boothkit_toyworld.json").read_text())
+    fid = evaluate_pipeline(
+        load_pipeline(str(shipped_model_dir()), []), meta["eval_images"], steps=meta["eval_steps"]
+    )
+    assert fid.overall >= meta["held_out_fidelity"] - 0.1, fid.format()
+    for name, value in meta["per_attribute"].items():
+        assert fid.per_attribute[name] >= value - 0.1, fid.format()
+
+
+def test_shipped_model_through_the_generate_and_grid_commands(tmp_path: Path) -> None:
+    """The toy model is an ordinary --model folder for the user-facing commands."""
+    from PIL import Image
+
+    from boothkit.cli import main
+
+    model = str(shipped_model_dir())
+    out = tmp_path / "gen"
+    args = ["generate", "--quiet", "--model", model, "--prompt", "a photo of a red star", "--steps", "3"]
+    assert main([*args, "--num-images", "2", "--output", str(out)]) == 0
+    images = sorted(out.glob("*.png"))
+    assert len(images) == 2 and Image.open(images[0]).size == (48, 48)  # the model's own size
+    grid = tmp_path / "grid.png"
+    assert (
+        main(
+            [
+                "grid",
+                "guidance",
+                "--quiet",
+                "--model",
+                model,
+                "--prompt",
+                "a photo of a red star",
+                "--steps",
+                "2",
+                "--output",
+                str(grid),
+            ]
+        )
+        == 0
+    )
+    assert grid.is_file()
