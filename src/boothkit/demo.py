@@ -152,7 +152,7 @@ def run_demo(
     grid_path = atomic_save_image(grid, result.output / "demo_grid.png")
 
     print(f"[5/5] done in {time.time() - started:.0f} s")
-    print(summary_text(result, config))
+    print(summary_text(result, config, example_prompt=subject_prompts(scenes)[0]))
     print(scores.format())
     print(f"  demo grid : {grid_path}")
     return result.output

@@ -130,7 +130,12 @@ class RunLogger:
         return atomic_save_image(line_plot(series, title="training loss", log_y=True), path)
 
 
-def summary_text(result: TrainResult, config: TrainConfig) -> str:
+def summary_text(result: TrainResult, config: TrainConfig, example_prompt: str | None = None) -> str:
+    """What a finished run wrote, and a `boothkit generate` line to try it (``example_prompt`` or a generic one)."""
+    prompt = (
+        example_prompt
+        or f"a photo of {config.token} {config.class_noun or ''} wearing a wizard hat".replace("  ", " ")
+    )
     lines = [
         "",
         f"done: {result.steps} steps in {result.seconds:.1f} s, final loss {result.final_loss:.4f}",
@@ -140,7 +145,6 @@ def summary_text(result: TrainResult, config: TrainConfig) -> str:
         f"  logs    : {result.output / 'logs'} (train.jsonl, tensorboard)",
         f"  config  : {result.output / 'config.toml'}",
         "generate with:",
-        f'  boothkit generate --model {config.model} --lora {result.output} --prompt "a photo of {config.token} '
-        f'{config.class_noun or ""} wearing a wizard hat" --seed 42',
+        f'  boothkit generate --model {config.model} --lora {result.output} --prompt "{prompt}" --seed 42',
     ]
     return "\n".join(lines)
