@@ -20,7 +20,6 @@ import json
 import math
 import os
 import re
-import shutil
 import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from typing import Any, Literal
 import torch
 
 from boothkit.errors import BoothkitError
+from boothkit.io import atomic_write_dir
 from boothkit.single_file import (
     SDXL_LAYOUT,
     SingleFileFamily,
@@ -958,19 +958,6 @@ def export_lora(
 # ----------------------------------------------------------------------------- merge
 
 
-def _replace_folder(tmp: Path, final: Path) -> None:
-    """Move a finished folder into place; an existing one is swapped out, then removed."""
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old is not None and old.is_dir():
-        shutil.rmtree(old, ignore_errors=True)
-    elif old is not None:
-        old.unlink(missing_ok=True)
-
-
 def _refuse_partial_load(lora: LoraFile, pipe: Any, family: Family) -> None:
     """A LoRA diffusers only partly applied would merge into a silently different model."""
     modules, _ = lora.modules(family, dict(pipe.unet.config))
@@ -1021,13 +1008,9 @@ def merge_lora(
     output = Path(output)
     if single_file:
         return save_single_file(pipe, output, metadata=metadata)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    try:
+
+    def write(tmp: Path) -> None:
         pipe.save_pretrained(tmp, safe_serialization=True)
         (tmp / "boothkit.json").write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
-        _replace_folder(tmp, output)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return output
+
+    return atomic_write_dir(output, write)

@@ -48,6 +48,31 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     return dest
 
 
+def atomic_write_dir(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call `write(tmp_dir)` on a fresh folder beside `path`, then put it in place of `path`.
+
+    An existing folder is renamed aside first and removed after, so `path` is always either the old
+    folder or the complete new one; a failed `write` leaves the old folder untouched.
+    """
+    import shutil
+
+    dest = Path(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
+    try:
+        write(tmp)
+        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+        if dest.exists():
+            os.replace(dest, old)
+        os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    _fsync_dir(dest.parent)
+    return dest
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     def write(tmp: Path) -> None:
         tmp.write_bytes(data)

@@ -5,9 +5,6 @@ folder (`DiffusionPipeline.from_pretrained(run/"model")`), optionally one single
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +13,7 @@ import torch
 from boothkit.config import TrainConfig
 from boothkit.errors import BoothkitError
 from boothkit.families import Family
+from boothkit.io import atomic_write_dir
 
 MODEL_DIR = "model"
 SINGLE_FILE = "model.safetensors"
@@ -120,19 +118,6 @@ class FullFineTune:
     @staticmethod
     def _save_pipeline(model: Family, out_dir: Path) -> Path:
         """save_pretrained into a temporary folder beside the target, then one atomic rename."""
-        final = out_dir / MODEL_DIR
-        out_dir.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".model.partial-", dir=out_dir))
-        try:
-            model.pipeline().save_pretrained(tmp, safe_serialization=True)
-            old = None
-            if final.exists():
-                old = out_dir / f".model.old-{os.getpid()}"
-                os.replace(final, old)
-            os.replace(tmp, final)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return final
+        return atomic_write_dir(
+            out_dir / MODEL_DIR, lambda tmp: model.pipeline().save_pretrained(tmp, safe_serialization=True)
+        )

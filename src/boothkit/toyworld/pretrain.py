@@ -354,30 +354,24 @@ def assemble(components: dict[str, Any]) -> Any:
 
 
 def save_model(components: dict[str, Any], output: Path, meta: dict[str, Any]) -> None:
-    """Write the pipeline folder with fp16 weights (atomically: a temp folder, then renamed)."""
+    """Write the pipeline folder with fp16 weights, atomically, keeping the log written so far."""
     import shutil
+
+    from boothkit.io import atomic_write_dir
 
     half = {
         k: (copy.deepcopy(v).to("cpu", torch.float16) if isinstance(v, torch.nn.Module) else v)
         for k, v in components.items()
     }
-    tmp = output.with_name(output.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    assemble(half).save_pretrained(tmp, safe_serialization=True)
-    (tmp / "boothkit_toyworld.json").write_text(json.dumps(meta, indent=2) + "\n")
     log = output / "pretrain_log.txt"
-    if log.exists():
-        shutil.copy2(log, tmp / "pretrain_log.txt")
-    if output.exists():
-        old = output.with_name(output.name + ".old")
-        if old.exists():
-            shutil.rmtree(old)
-        output.rename(old)
-        tmp.rename(output)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(output)
+
+    def write(tmp: Path) -> None:
+        assemble(half).save_pretrained(tmp, safe_serialization=True)
+        (tmp / "boothkit_toyworld.json").write_text(json.dumps(meta, indent=2) + "\n")
+        if log.exists():
+            shutil.copy2(log, tmp / "pretrain_log.txt")
+
+    atomic_write_dir(output, write)
 
 
 def folder_size(folder: Path) -> int:
@@ -491,19 +485,25 @@ def refine_decoder(
     return best
 
 
+def stamped_logger(path: Path, log: Callable[[str], None]) -> Callable[[str], None]:
+    """A log function that time-stamps each line, passes it on to ``log`` and appends it to ``path``."""
+
+    def say(line: str) -> None:
+        stamped = f"{time.strftime('%H:%M:%S')} {line}"
+        log(stamped)
+        with path.open("a") as f:
+            f.write(stamped + "\n")
+
+    return say
+
+
 def refine_model_decoder(
     folder: str | Path, steps: int, *, log: Callable[[str], None] = print, **kw: Any
 ) -> float:
     """Refine the decoder of a toy model folder in place; the log goes to its pretrain_log.txt too."""
 
     model = Path(folder)
-    log_path = model / "pretrain_log.txt"
-
-    def say(line: str) -> None:
-        stamped = f"{time.strftime('%H:%M:%S')} {line}"
-        log(stamped)
-        with log_path.open("a") as f:
-            f.write(stamped + "\n")
+    say = stamped_logger(model / "pretrain_log.txt", log)
 
     vae = load_vae(model)
     say(f"refine decoder of {model}: {steps} steps {json.dumps(kw)}")
@@ -520,21 +520,10 @@ def refine_model_decoder(
 
 def replace_decoder(folder: Path, vae: Any) -> None:
     """Write ``vae`` (fp16) over the model folder's VAE, atomically; its encoder must be the folder's own."""
-    import shutil
+    from boothkit.io import atomic_write_dir
 
-    target = Path(folder) / "vae"
-    tmp = target.with_name(".vae.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    copy.deepcopy(vae).to("cpu", torch.float16).save_pretrained(tmp, safe_serialization=True)
-    old = target.with_name(".vae.old")
-    if old.exists():
-        shutil.rmtree(old)
-    if target.exists():
-        target.rename(old)
-    tmp.rename(target)
-    if old.exists():
-        shutil.rmtree(old)
+    half = copy.deepcopy(vae).to("cpu", torch.float16)
+    atomic_write_dir(Path(folder) / "vae", lambda tmp: half.save_pretrained(tmp, safe_serialization=True))
 
 
 def load_components(folder: str | Path) -> dict[str, Any]:
@@ -582,14 +571,8 @@ def pretrain(
     s = settings or PretrainSettings()
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
-    log_path = out / "pretrain_log.txt"
-    log_path.write_text("")
-
-    def say(line: str) -> None:
-        stamped = f"{time.strftime('%H:%M:%S')} {line}"
-        log(stamped)
-        with log_path.open("a") as f:
-            f.write(stamped + "\n")
+    (out / "pretrain_log.txt").write_text("")
+    say = stamped_logger(out / "pretrain_log.txt", log)
 
     if s.threads:
         torch.set_num_threads(s.threads)
