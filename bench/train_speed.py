@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -315,29 +316,7 @@ def main() -> None:
     for name, path, res, batch in cases:
         results = {}
         for variant in ("reference", "reference-in-memory", "cached"):
-            cmd = [
-                sys.executable,
-                __file__,
-                "--variant",
-                variant,
-                "--model",
-                str(path),
-                "--resolution",
-                str(res),
-                "--batch",
-                str(batch),
-                "--steps",
-                str(args.steps),
-                "--warmup",
-                str(args.warmup),
-            ]
-            cmd += ["--cpu"] * args.cpu
-            out = (
-                subprocess.run(cmd, capture_output=True, text=True, check=True)
-                .stdout.strip()
-                .splitlines()[-1]
-            )
-            results[variant] = json.loads(out)
+            results[variant] = run_child(args, variant, path, res, batch)
         ref, mem, ours = results["reference"], results["reference-in-memory"], results["cached"]
         print(
             f"| {name} | {res} | {batch}+{batch} | {ref['steps_per_s']:.2f} | {mem['steps_per_s']:.2f} | "
@@ -345,6 +324,22 @@ def main() -> None:
             f"{ours['steps_per_s'] / mem['steps_per_s']:.2f}x | {ref['peak_mib']:.0f} | {ours['peak_mib']:.0f} |",
             flush=True,
         )
+
+
+def run_child(
+    args: argparse.Namespace,
+    variant: str,
+    path: Path,
+    res: int,
+    batch: int,
+    extra: list[str] | None = None,
+) -> dict[str, Any]:
+    """Run one variant in its own process (so its peak memory is its own); its JSON result."""
+    cmd = [sys.executable, __file__, "--variant", variant, "--model", str(path), "--resolution", str(res)]
+    cmd += ["--batch", str(batch), "--steps", str(args.steps), "--warmup", str(args.warmup)]
+    cmd += (extra or []) + ["--cpu"] * args.cpu
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def full_finetune_table(
@@ -366,31 +361,8 @@ def full_finetune_table(
     print("|---|---|---|---|---|---|---|")
     for name, path, res, batch in cases:
         for ckpt, adam8 in variants:
-            cmd = [
-                sys.executable,
-                __file__,
-                "--variant",
-                "cached",
-                "--method",
-                "full",
-                "--model",
-                str(path),
-                "--resolution",
-                str(res),
-                "--batch",
-                str(batch),
-                "--steps",
-                str(args.steps),
-                "--warmup",
-                str(args.warmup),
-            ]
-            cmd += ["--checkpointing"] * ckpt + ["--adam8bit"] * adam8 + ["--cpu"] * args.cpu
-            out = (
-                subprocess.run(cmd, capture_output=True, text=True, check=True)
-                .stdout.strip()
-                .splitlines()[-1]
-            )
-            r = json.loads(out)
+            extra = ["--method", "full"] + ["--checkpointing"] * ckpt + ["--adam8bit"] * adam8
+            r = run_child(args, "cached", path, res, batch, extra)
             print(
                 f"| {name} | {res} | {batch}+{batch} | {'yes' if ckpt else 'no'} | {'yes' if adam8 else 'no'} | "
                 f"{r['steps_per_s']:.3g} | {r['peak_mib']:.0f} |",
