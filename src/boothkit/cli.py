@@ -392,6 +392,15 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--batch-size", dest="batch_size", type=int, default=None)
     tp.add_argument("--lr", type=float, default=None)
     tp.add_argument("--width", type=int, default=None, help="channels of the first UNet block (default 32)")
+    tp.add_argument(
+        "--levels", type=int, choices=(3, 4), default=None, help="UNet resolution levels (default 4)"
+    )
+    tp.add_argument(
+        "--pool",
+        type=int,
+        default=None,
+        help="encode this many renders once and sample batches from them (default 0: fresh renders)",
+    )
     tp.add_argument("--eval-every", dest="eval_every", type=int, default=None)
     tp.add_argument("--eval-images", dest="eval_images", type=int, default=None)
     tp.add_argument(

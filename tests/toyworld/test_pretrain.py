@@ -16,6 +16,8 @@ from boothkit.toyworld.pretrain import (
     MAX_TOKENS,
     RARE_TOKENS,
     PretrainSettings,
+    build_components,
+    encode_pool,
     evaluate_pipeline,
     folder_size,
     held_out_scenes,
@@ -100,11 +102,13 @@ def test_pretrain_smoke_writes_a_loadable_sd1_folder(tmp_path: Path) -> None:
         eval_images=2,
         eval_steps=2,
         decoder_steps=2,
+        pool=6,
     )
     out = pretrain(tmp_path / "model", settings, log=lambda _line: None)
     assert (out / "model_index.json").exists()
     log = (out / "pretrain_log.txt").read_text()
     assert "eval step 2" in log and "decoder step 2/2" in log and "decoder refined" in log
+    assert "pool: 6 renders encoded" in log
     meta = json.loads((out / "boothkit_toyworld.json").read_text())
     assert meta["decoder_refinement_steps"] == 2
     assert load_model(str(out)).name == "sd1"
@@ -127,6 +131,40 @@ def test_pretrain_smoke_writes_a_loadable_sd1_folder(tmp_path: Path) -> None:
         load_file(str(m / "unet" / "diffusion_pytorch_model.safetensors")) for m in (out, again)
     )
     assert any(not torch.equal(unet_a[k], unet_b[k]) for k in unet_a)
+
+
+def test_encoded_pool_is_the_encoders_posterior_of_fresh_renders() -> None:
+    from boothkit.toyworld.pretrain import load_vae, render_batch, to_tensor
+
+    vae = load_vae(shipped_model_dir())
+    scenes, mean, std = encode_pool(vae, 5, random.Random(3), "cpu", batch_size=2)
+    assert len(scenes) == 5 and mean.shape == std.shape == (5, 4, 24, 24)
+    rng = random.Random(3)  # the pool draws its renders batch by batch, as training does
+    again, images = [], []
+    for n in (2, 2, 1):
+        chunk_scenes, chunk_images = render_batch(rng, n)
+        again += chunk_scenes
+        images += chunk_images
+    assert again == scenes
+    with torch.no_grad():
+        dist = vae.encode(to_tensor(images)).latent_dist
+    torch.testing.assert_close(mean, dist.mean, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(std, dist.std, atol=1e-5, rtol=1e-4)
+    assert bool((std > 0).all())
+
+
+@pytest.mark.parametrize("levels, bottom", [(3, 6), (4, 3)])
+def test_unet_levels_set_the_lowest_resolution(tmp_path: Path, levels: int, bottom: int) -> None:
+    components = build_components(PretrainSettings(levels=levels), tmp_path / "tok")
+    unet = components["unet"]
+    assert len(unet.down_blocks) == levels
+    seen: list[int] = []
+    unet.mid_block.register_forward_hook(lambda _m, _i, out: seen.append(out.shape[-1]))
+    with torch.no_grad():
+        out = unet(torch.zeros(1, 4, 24, 24), 10, torch.zeros(1, MAX_TOKENS, 64)).sample
+    assert out.shape == (1, 4, 24, 24) and seen == [bottom]
+    with pytest.raises(ValueError, match="levels 5"):
+        build_components(PretrainSettings(levels=5), tmp_path / "tok5")
 
 
 def test_object_weights_cover_the_object_and_its_rim() -> None:

@@ -77,7 +77,9 @@ class PretrainSettings:
     vae_batch_size: int = 32
     lr: float = 1e-3
     vae_lr: float = 1e-3
-    width: int = 32  # channels of the first UNet block; the others are 2x and 3x
+    width: int = 32  # channels of the first UNet block; the others are 2x, 3x (and 4x)
+    levels: int = 4  # UNet resolutions: 4 is 24, 12, 6 and 3 latent pixels, the 3x3 grid of positions
+    pool: int = 0  # renders encoded once and sampled from (0: render and encode every batch afresh)
     text_width: int = 64
     caption_dropout: float = 0.1
     attribute_dropout: float = 0.15
@@ -320,15 +322,21 @@ def build_components(settings: PretrainSettings, tokenizer_dir: Path) -> dict[st
         norm_num_groups=16,
         sample_size=RESOLUTION,
     )
-    w = settings.width
+    w, levels = settings.width, settings.levels
+    if levels not in (3, 4):
+        raise ValueError(f"levels {levels}: the toy UNet has 3 or 4 resolution levels")
+    # Cross-attention is where a caption's words reach the pixels, and a word like "top left" can
+    # only land somewhere if the features know where they are. A convolution learns that only
+    # from its zero padding; at 3x3 latent pixels (the fourth level) each pixel is one cell of the
+    # captions' 3x3 position grid and its padding pattern (corner, edge, centre) is unique to it.
     unet = UNet2DConditionModel(
         sample_size=RESOLUTION // 2,
         in_channels=4,
         out_channels=4,
         layers_per_block=1,
-        block_out_channels=(w, 2 * w, 3 * w),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=tuple(w * (i + 1) for i in range(levels)),
+        down_block_types=("DownBlock2D", *("CrossAttnDownBlock2D",) * (levels - 1)),
+        up_block_types=(*("CrossAttnUpBlock2D",) * (levels - 1), "UpBlock2D"),
         norm_num_groups=16,
         cross_attention_dim=hidden,
         attention_head_dim=4,  # diffusers reads this as the number of heads
@@ -551,6 +559,27 @@ def load_vae(path: str | Path) -> Any:
     return AutoencoderKL.from_pretrained(str(folder), torch_dtype=torch.float32)
 
 
+@torch.no_grad()
+def encode_pool(
+    vae: Any, n: int, rng: random.Random, device: str, *, batch_size: int = 64
+) -> tuple[list[Scene], torch.Tensor, torch.Tensor]:
+    """``n`` fresh training renders encoded once: their scenes and the posteriors' means and stds.
+
+    The VAE is frozen while the UNet trains, so a render's posterior never changes; sampling
+    ``mean + std * noise`` from a pool is the same data as encoding afresh, without the renderer
+    and the encoder running every step (two thirds of a CPU step's cost at the toy model's size).
+    """
+    scenes: list[Scene] = []
+    means, stds = [], []
+    for start in range(0, n, batch_size):
+        chunk, images = render_batch(rng, min(batch_size, n - start))
+        dist = vae.encode(to_tensor(images).to(device)).latent_dist
+        scenes += chunk
+        means.append(dist.mean)
+        stds.append(dist.std)
+    return scenes, torch.cat(means), torch.cat(stds)
+
+
 def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     with torch.no_grad():
         for e, p in zip(ema.parameters(), model.parameters(), strict=True):
@@ -622,6 +651,10 @@ def pretrain(
     alphas = noise_sched.alphas_cumprod.to(device)
     snr_all = alphas / (1 - alphas)
     warmup = min(100, s.steps // 10 + 1)
+    if s.pool > 0:
+        pool_start = time.time()
+        pool_scenes, pool_mean, pool_std = encode_pool(vae, s.pool, rng, device)
+        say(f"pool: {s.pool} renders encoded [{time.time() - pool_start:.0f} s]")
     phase_start = time.time()
     best = -1.0
     best_step = 0
@@ -630,14 +663,19 @@ def pretrain(
     for step in range(1, s.steps + 1):
         for group in opt.param_groups:
             group["lr"] = s.lr * min(1.0, step / warmup)
-        scenes, images = render_batch(rng, s.batch_size)
+        if s.pool > 0:
+            picks = [rng.randrange(s.pool) for _ in range(s.batch_size)]
+            scenes = [pool_scenes[i] for i in picks]
+            mean, std = pool_mean[picks], pool_std[picks]
+            latents = (mean + std * torch.randn_like(mean)) * scaling
+        else:
+            scenes, images = render_batch(rng, s.batch_size)
+            with torch.no_grad():
+                latents = vae.encode(to_tensor(images).to(device)).latent_dist.sample() * scaling
         texts = [training_caption(sc, rng, s) for sc in scenes]
         ids = tokenizer(
             texts, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt"
         )
-        with torch.no_grad():
-            x = to_tensor(images).to(device)
-            latents = vae.encode(x).latent_dist.sample() * scaling
         noise = torch.randn_like(latents)
         t = torch.randint(0, 1000, (latents.shape[0],), device=device)
         noisy = noise_sched.add_noise(latents, noise, t)
