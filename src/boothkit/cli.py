@@ -396,6 +396,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--levels", type=int, choices=(3, 4), default=None, help="UNet resolution levels (default 4)"
     )
     tp.add_argument(
+        "--pooled-text",
+        dest="pooled_text",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="add the attention-pooled caption to the UNet's time embedding (default on)",
+    )
+    tp.add_argument(
         "--pool",
         type=int,
         default=None,

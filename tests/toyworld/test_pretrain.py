@@ -167,6 +167,23 @@ def test_unet_levels_set_the_lowest_resolution(tmp_path: Path, levels: int, bott
         build_components(PretrainSettings(levels=5), tmp_path / "tok5")
 
 
+def test_pooled_caption_joins_the_time_embedding(tmp_path: Path) -> None:
+    """With pooled_text the caption reaches every ResNet block through the time embedding: zeroing
+    the pooled path's projection changes the UNet's output; without it there is no such path."""
+    torch.manual_seed(0)
+    unet = build_components(PretrainSettings(), tmp_path / "tok")["unet"]
+    assert unet.config.addition_embed_type == "text"
+    x, text = torch.randn(1, 4, 24, 24), torch.randn(1, MAX_TOKENS, 64)
+    with torch.no_grad():
+        before = unet(x, 10, text).sample
+        unet.add_embedding.proj.weight.zero_()
+        unet.add_embedding.proj.bias.zero_()
+        after = unet(x, 10, text).sample
+    assert not torch.allclose(before, after)
+    plain = build_components(PretrainSettings(pooled_text=False), tmp_path / "tok2")["unet"]
+    assert plain.config.addition_embed_type is None and getattr(plain, "add_embedding", None) is None
+
+
 def test_object_weights_cover_the_object_and_its_rim() -> None:
     masks = torch.zeros(1, 1, 6, 6)
     masks[0, 0, 2, 2] = 1.0

@@ -79,6 +79,7 @@ class PretrainSettings:
     vae_lr: float = 1e-3
     width: int = 32  # channels of the first UNet block; the others are 2x, 3x (and 4x)
     levels: int = 4  # UNet resolutions: 4 is 24, 12, 6 and 3 latent pixels, the 3x3 grid of positions
+    pooled_text: bool = True  # the caption, attention-pooled, also joins the UNet's time embedding
     pool: int = 0  # renders encoded once and sampled from (0: render and encode every batch afresh)
     text_width: int = 64
     caption_dropout: float = 0.1
@@ -340,6 +341,14 @@ def build_components(settings: PretrainSettings, tokenizer_dir: Path) -> dict[st
         norm_num_groups=16,
         cross_attention_dim=hidden,
         attention_head_dim=4,  # diffusers reads this as the number of heads
+        # Cross-attention reaches a pixel only through a product of its query and a word's key, which
+        # a small model learns slowly (v1 never followed position words in 7000 steps). The pooled
+        # caption added to the time embedding is a per-channel bias in every ResNet block: a direct
+        # path for global attributes, and, through the next convolution's zero padding, a linear
+        # one from words to places (a constant map convolved at 3x3 differs in all nine cells).
+        # diffusers computes it from encoder_hidden_states itself, so every SD pipeline runs as is.
+        addition_embed_type="text" if settings.pooled_text else None,
+        addition_embed_type_num_heads=4,
     )
     scheduler = DDIMScheduler(**noise_schedule(), clip_sample=False, set_alpha_to_one=False)
     return {
