@@ -151,6 +151,9 @@ def test_encoded_pool_is_the_encoders_posterior_of_fresh_renders() -> None:
     torch.testing.assert_close(mean, dist.mean, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(std, dist.std, atol=1e-5, rtol=1e-4)
     assert bool((std > 0).all())
+    # Rendered by two worker processes while this one encodes: the same pool.
+    scenes2, mean2, std2 = encode_pool(vae, 5, random.Random(3), "cpu", batch_size=2, workers=2)
+    assert scenes2 == scenes and torch.equal(mean2, mean) and torch.equal(std2, std)
 
 
 @pytest.mark.parametrize("levels, bottom", [(3, 6), (4, 3)])

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import random
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -81,6 +82,7 @@ class PretrainSettings:
     levels: int = 4  # UNet resolutions: 4 is 24, 12, 6 and 3 latent pixels, the 3x3 grid of positions
     pooled_text: bool = True  # the caption, attention-pooled, also joins the UNet's time embedding
     pool: int = 0  # renders encoded once and sampled from (0: render and encode every batch afresh)
+    workers: int = 0  # processes rendering the pool (0: one per CPU core)
     text_width: int = 64
     caption_dropout: float = 0.1
     attribute_dropout: float = 0.15
@@ -190,9 +192,14 @@ def tokenizer_corpus() -> list[str]:
     return lines
 
 
-def to_tensor(images: Sequence[Image.Image]) -> torch.Tensor:
-    """PIL images -> (N, 3, H, W) in [-1, 1]."""
-    array = np.stack([np.asarray(im.convert("RGB"), dtype=np.float32) for im in images])
+def to_tensor(images: Sequence[Image.Image] | Sequence[np.ndarray]) -> torch.Tensor:
+    """PIL images (or (H, W, 3) uint8 arrays) -> (N, 3, H, W) in [-1, 1]."""
+    array = np.stack(
+        [
+            np.asarray(im.convert("RGB") if isinstance(im, Image.Image) else im, dtype=np.float32)
+            for im in images
+        ]
+    )
     return torch.from_numpy(array).permute(0, 3, 1, 2) / 127.5 - 1.0
 
 
@@ -202,10 +209,20 @@ def to_images(batch: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray(a) for a in array]
 
 
-def render_batch(rng: random.Random, n: int) -> tuple[list[Scene], list[Image.Image]]:
+def draw_batch(rng: random.Random, n: int) -> list[tuple[Scene, int]]:
+    """``n`` training scenes and their render seeds, drawn in :func:`render_batch`'s order."""
     scenes = [training_scene(rng) for _ in range(n)]
-    images = [render(s, size=RESOLUTION, seed=rng.randrange(1 << 30)) for s in scenes]
-    return scenes, images
+    return [(scene, rng.randrange(1 << 30)) for scene in scenes]
+
+
+def render_drawn(drawn: Sequence[tuple[Scene, int]]) -> list[np.ndarray]:
+    """The renders of drawn (scene, seed) pairs as (H, W, 3) uint8 arrays (pure: any process)."""
+    return [np.asarray(render(scene, size=RESOLUTION, seed=seed)) for scene, seed in drawn]
+
+
+def render_batch(rng: random.Random, n: int) -> tuple[list[Scene], list[Image.Image]]:
+    drawn = draw_batch(rng, n)
+    return [scene for scene, _ in drawn], [render(s, size=RESOLUTION, seed=seed) for s, seed in drawn]
 
 
 def render_batch_with_masks(rng: random.Random, n: int) -> tuple[list[Image.Image], torch.Tensor]:
@@ -570,22 +587,37 @@ def load_vae(path: str | Path) -> Any:
 
 @torch.no_grad()
 def encode_pool(
-    vae: Any, n: int, rng: random.Random, device: str, *, batch_size: int = 64
+    vae: Any, n: int, rng: random.Random, device: str, *, batch_size: int = 64, workers: int = 1
 ) -> tuple[list[Scene], torch.Tensor, torch.Tensor]:
     """``n`` fresh training renders encoded once: their scenes and the posteriors' means and stds.
 
     The VAE is frozen while the UNet trains, so a render's posterior never changes; sampling
     ``mean + std * noise`` from a pool is the same data as encoding afresh, without the renderer
-    and the encoder running every step (two thirds of a CPU step's cost at the toy model's size).
+    and the encoder running every step (a third of a CPU step at the toy model's size, and what
+    would starve a GPU). Scenes and seeds are drawn here, so ``workers`` processes rendering the
+    batches (while this one encodes) give the same pool as one.
     """
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    batches = [draw_batch(rng, min(batch_size, n - start)) for start in range(0, n, batch_size)]
     scenes: list[Scene] = []
     means, stds = [], []
-    for start in range(0, n, batch_size):
-        chunk, images = render_batch(rng, min(batch_size, n - start))
-        dist = vae.encode(to_tensor(images).to(device)).latent_dist
-        scenes += chunk
+
+    def encode(drawn: list[tuple[Scene, int]], arrays: list[np.ndarray]) -> None:
+        dist = vae.encode(to_tensor(arrays).to(device)).latent_dist
+        scenes.extend(scene for scene, _ in drawn)
         means.append(dist.mean)
         stds.append(dist.std)
+
+    if workers > 1:
+        # spawn: the workers import numpy and Pillow only, never a forked copy of torch's threads
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            for drawn, arrays in zip(batches, pool.map(render_drawn, batches), strict=True):
+                encode(drawn, arrays)
+    else:
+        for drawn in batches:
+            encode(drawn, render_drawn(drawn))
     return scenes, torch.cat(means), torch.cat(stds)
 
 
@@ -662,7 +694,8 @@ def pretrain(
     warmup = min(100, s.steps // 10 + 1)
     if s.pool > 0:
         pool_start = time.time()
-        pool_scenes, pool_mean, pool_std = encode_pool(vae, s.pool, rng, device)
+        workers = s.workers or os.cpu_count() or 1
+        pool_scenes, pool_mean, pool_std = encode_pool(vae, s.pool, rng, device, workers=workers)
         say(f"pool: {s.pool} renders encoded [{time.time() - pool_start:.0f} s]")
     phase_start = time.time()
     best = -1.0
