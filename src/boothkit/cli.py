@@ -393,14 +393,18 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--lr", type=float, default=None)
     tp.add_argument("--width", type=int, default=None, help="channels of the first UNet block (default 32)")
     tp.add_argument(
-        "--levels", type=int, choices=(3, 4), default=None, help="UNet resolution levels (default 4)"
+        "--levels",
+        type=int,
+        choices=(3, 4),
+        default=None,
+        help="UNet resolution levels (default 3; 4 adds a 3x3 level)",
     )
     tp.add_argument(
         "--pooled-text",
         dest="pooled_text",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="add the attention-pooled caption to the UNet's time embedding (default on)",
+        help="add the attention-pooled caption to the UNet's time embedding (default off)",
     )
     tp.add_argument(
         "--pool",

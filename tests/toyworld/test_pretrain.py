@@ -137,7 +137,8 @@ def test_encoded_pool_is_the_encoders_posterior_of_fresh_renders() -> None:
     from boothkit.toyworld.pretrain import load_vae, render_batch, to_tensor
 
     vae = load_vae(shipped_model_dir())
-    scenes, mean, std = encode_pool(vae, 5, random.Random(3), "cpu", batch_size=2)
+    pool = encode_pool(vae, 5, random.Random(3), "cpu", batch_size=2)
+    scenes, mean, std = pool.scenes, pool.mean, pool.std
     assert len(scenes) == 5 and mean.shape == std.shape == (5, 4, 24, 24)
     rng = random.Random(3)  # the pool draws its renders batch by batch, as training does
     again, images = [], []
@@ -152,8 +153,11 @@ def test_encoded_pool_is_the_encoders_posterior_of_fresh_renders() -> None:
     torch.testing.assert_close(std, dist.std, atol=1e-5, rtol=1e-4)
     assert bool((std > 0).all())
     # Rendered by two worker processes while this one encodes: the same pool.
-    scenes2, mean2, std2 = encode_pool(vae, 5, random.Random(3), "cpu", batch_size=2, workers=2)
-    assert scenes2 == scenes and torch.equal(mean2, mean) and torch.equal(std2, std)
+    again_pool = encode_pool(vae, 5, random.Random(3), "cpu", batch_size=2, workers=2)
+    assert again_pool.scenes == scenes
+    assert torch.equal(again_pool.mean, mean) and torch.equal(again_pool.std, std)
+    picked, latents = pool.sample(random.Random(0), 8, scaling=2.0)
+    assert len(picked) == 8 and set(picked) <= set(scenes) and latents.shape == (8, 4, 24, 24)
 
 
 @pytest.mark.parametrize("levels, bottom", [(3, 6), (4, 3)])
@@ -174,7 +178,7 @@ def test_pooled_caption_joins_the_time_embedding(tmp_path: Path) -> None:
     """With pooled_text the caption reaches every ResNet block through the time embedding: zeroing
     the pooled path's projection changes the UNet's output; without it there is no such path."""
     torch.manual_seed(0)
-    unet = build_components(PretrainSettings(), tmp_path / "tok")["unet"]
+    unet = build_components(PretrainSettings(pooled_text=True), tmp_path / "tok")["unet"]
     assert unet.config.addition_embed_type == "text"
     x, text = torch.randn(1, 4, 24, 24), torch.randn(1, MAX_TOKENS, 64)
     with torch.no_grad():
@@ -183,7 +187,7 @@ def test_pooled_caption_joins_the_time_embedding(tmp_path: Path) -> None:
         unet.add_embedding.proj.bias.zero_()
         after = unet(x, 10, text).sample
     assert not torch.allclose(before, after)
-    plain = build_components(PretrainSettings(pooled_text=False), tmp_path / "tok2")["unet"]
+    plain = build_components(PretrainSettings(), tmp_path / "tok2")["unet"]
     assert plain.config.addition_embed_type is None and getattr(plain, "add_embedding", None) is None
 
 

@@ -79,8 +79,10 @@ class PretrainSettings:
     lr: float = 1e-3
     vae_lr: float = 1e-3
     width: int = 32  # channels of the first UNet block; the others are 2x, 3x (and 4x)
-    levels: int = 4  # UNet resolutions: 4 is 24, 12, 6 and 3 latent pixels, the 3x3 grid of positions
-    pooled_text: bool = True  # the caption, attention-pooled, also joins the UNet's time embedding
+    # The defaults reproduce the shipped model (v1); levels=4 and pooled_text are the v2 layout,
+    # measured on CPU in BENCHMARKS.md and not (yet) better at equal steps.
+    levels: int = 3  # UNet resolutions: 3 is 24, 12, 6 latent pixels; 4 adds 3x3, the caption's grid
+    pooled_text: bool = False  # the caption, attention-pooled, also joins the UNet's time embedding
     pool: int = 0  # renders encoded once and sampled from (0: render and encode every batch afresh)
     workers: int = 0  # processes rendering the pool (0: one per CPU core)
     text_width: int = 64
@@ -585,10 +587,61 @@ def load_vae(path: str | Path) -> Any:
     return AutoencoderKL.from_pretrained(str(folder), torch_dtype=torch.float32)
 
 
+@dataclass(frozen=True)
+class LatentPool:
+    """Encoded renders: scene i's posterior is N(mean[i], std[i]^2), unscaled."""
+
+    scenes: list[Scene]
+    mean: torch.Tensor  # (N, 4, h, w)
+    std: torch.Tensor  # (N, 4, h, w)
+
+    def sample(self, rng: random.Random, n: int, scaling: float) -> tuple[list[Scene], torch.Tensor]:
+        """``n`` scenes drawn with replacement and a fresh latent sample of each, scaled."""
+        picks = [rng.randrange(len(self.scenes)) for _ in range(n)]
+        mean, std = self.mean[picks], self.std[picks]
+        return [self.scenes[i] for i in picks], (mean + std * torch.randn_like(mean)) * scaling
+
+
+@torch.no_grad()
+def fresh_latents(
+    vae: Any, rng: random.Random, n: int, scaling: float, device: str
+) -> tuple[list[Scene], torch.Tensor]:
+    """``n`` new renders and a latent sample of each, scaled: the data without a pool."""
+    scenes, images = render_batch(rng, n)
+    return scenes, vae.encode(to_tensor(images).to(device)).latent_dist.sample() * scaling
+
+
+def diffusion_loss(
+    unet: Any,
+    text_encoder: Any,
+    input_ids: torch.Tensor,
+    latents: torch.Tensor,
+    noise_sched: Any,
+    snr_gamma: float,
+) -> torch.Tensor:
+    """The min-SNR-weighted epsilon loss of one batch at uniformly drawn timesteps."""
+    device = latents.device
+    noise = torch.randn_like(latents)
+    t = torch.randint(0, noise_sched.config.num_train_timesteps, (latents.shape[0],), device=device)
+    noisy = noise_sched.add_noise(latents, noise, t)
+    hidden = text_encoder(input_ids.to(device))[0]
+    pred = unet(noisy, t, hidden).sample
+    alphas = noise_sched.alphas_cumprod.to(device)[t]
+    snr = alphas / (1 - alphas)
+    weight = torch.clamp(snr, max=snr_gamma) / snr
+    return (weight * ((pred - noise) ** 2).mean(dim=(1, 2, 3))).mean()
+
+
+def caption_ids(tokenizer: Any, texts: Sequence[str]) -> torch.Tensor:
+    return tokenizer(
+        list(texts), padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt"
+    ).input_ids
+
+
 @torch.no_grad()
 def encode_pool(
     vae: Any, n: int, rng: random.Random, device: str, *, batch_size: int = 64, workers: int = 1
-) -> tuple[list[Scene], torch.Tensor, torch.Tensor]:
+) -> LatentPool:
     """``n`` fresh training renders encoded once: their scenes and the posteriors' means and stds.
 
     The VAE is frozen while the UNet trains, so a render's posterior never changes; sampling
@@ -618,7 +671,7 @@ def encode_pool(
     else:
         for drawn in batches:
             encode(drawn, render_drawn(drawn))
-    return scenes, torch.cat(means), torch.cat(stds)
+    return LatentPool(scenes, torch.cat(means), torch.cat(stds))
 
 
 def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
@@ -689,13 +742,11 @@ def pretrain(
     params = [*unet.parameters(), *text_encoder.parameters()]
     opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=1e-2)
     noise_sched: Any = DDPMScheduler(**noise_schedule())
-    alphas = noise_sched.alphas_cumprod.to(device)
-    snr_all = alphas / (1 - alphas)
     warmup = min(100, s.steps // 10 + 1)
+    pool: LatentPool | None = None
     if s.pool > 0:
         pool_start = time.time()
-        workers = s.workers or os.cpu_count() or 1
-        pool_scenes, pool_mean, pool_std = encode_pool(vae, s.pool, rng, device, workers=workers)
+        pool = encode_pool(vae, s.pool, rng, device, workers=s.workers or os.cpu_count() or 1)
         say(f"pool: {s.pool} renders encoded [{time.time() - pool_start:.0f} s]")
     phase_start = time.time()
     best = -1.0
@@ -705,27 +756,12 @@ def pretrain(
     for step in range(1, s.steps + 1):
         for group in opt.param_groups:
             group["lr"] = s.lr * min(1.0, step / warmup)
-        if s.pool > 0:
-            picks = [rng.randrange(s.pool) for _ in range(s.batch_size)]
-            scenes = [pool_scenes[i] for i in picks]
-            mean, std = pool_mean[picks], pool_std[picks]
-            latents = (mean + std * torch.randn_like(mean)) * scaling
+        if pool is not None:
+            scenes, latents = pool.sample(rng, s.batch_size, scaling)
         else:
-            scenes, images = render_batch(rng, s.batch_size)
-            with torch.no_grad():
-                latents = vae.encode(to_tensor(images).to(device)).latent_dist.sample() * scaling
-        texts = [training_caption(sc, rng, s) for sc in scenes]
-        ids = tokenizer(
-            texts, padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt"
-        )
-        noise = torch.randn_like(latents)
-        t = torch.randint(0, 1000, (latents.shape[0],), device=device)
-        noisy = noise_sched.add_noise(latents, noise, t)
-        hidden = text_encoder(ids.input_ids.to(device))[0]
-        pred = unet(noisy, t, hidden).sample
-        snr = snr_all[t]
-        weight = torch.clamp(snr, max=s.snr_gamma) / snr
-        loss = (weight * ((pred - noise) ** 2).mean(dim=(1, 2, 3))).mean()
+            scenes, latents = fresh_latents(vae, rng, s.batch_size, scaling, device)
+        ids = caption_ids(tokenizer, [training_caption(sc, rng, s) for sc in scenes])
+        loss = diffusion_loss(unet, text_encoder, ids, latents, noise_sched, s.snr_gamma)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
