@@ -89,7 +89,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--pool", type=int, default=1024, help="renders to encode for the pool timing")
-    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--workers", type=int, nargs="+", default=[0, 1, max(1, (os.cpu_count() or 1) - 1)])
     args = ap.parse_args()
     device, batch = args.device, args.batch_size
 
@@ -99,7 +99,7 @@ def main() -> None:
     fresh = seconds(lambda: fresh_latents(vae, rng, batch, scaling, device), args.reps)
     pool_times = {}
     pool = None
-    for workers in sorted({1, args.workers}):
+    for workers in sorted(set(args.workers)):
         t0 = time.perf_counter()
         pool = encode_pool(vae, args.pool, random.Random(1), device, workers=workers)
         sync()
@@ -120,7 +120,8 @@ def main() -> None:
     print(f"| fresh: render + VAE-encode {batch} images | {fresh:.4f} |")
     print(f"| pool: draw {batch} from the encoded posteriors | {drawn:.5f} |")
     for workers, per_image in pool_times.items():
-        print(f"| (one-off) pool of {args.pool}, {workers} render process(es): per image | {per_image:.5f} |")
+        where = f"{workers} render process(es) beside the encoder" if workers else "rendered in-process"
+        print(f"| (one-off) pool of {args.pool}, {where}: per image | {per_image:.5f} |")
     print()
     print("| UNet layout | UNet M params | update s | step s, fresh | step s, pool | pool speed-up |")
     print("|---|---|---|---|---|---|")

@@ -413,7 +413,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="encode this many renders once and sample batches from them (default 0: fresh renders)",
     )
     tp.add_argument(
-        "--workers", type=int, default=None, help="processes rendering the pool (default: one per core)"
+        "--workers",
+        type=int,
+        default=None,
+        help="processes rendering the pool while the main one encodes (0: none; default: cores - 1, none on 2 cores)",
     )
     tp.add_argument("--eval-every", dest="eval_every", type=int, default=None)
     tp.add_argument("--eval-images", dest="eval_images", type=int, default=None)

@@ -24,6 +24,7 @@ from boothkit.toyworld.pretrain import (
     is_held_out,
     object_weights,
     partial_caption,
+    pool_workers,
     pretrain,
     prompt_fidelity,
     shipped_model_dir,
@@ -137,7 +138,7 @@ def test_encoded_pool_is_the_encoders_posterior_of_fresh_renders() -> None:
     from boothkit.toyworld.pretrain import load_vae, render_batch, to_tensor
 
     vae = load_vae(shipped_model_dir())
-    pool = encode_pool(vae, 5, random.Random(3), "cpu", batch_size=2)
+    pool = encode_pool(vae, 5, random.Random(3), "cpu", batch_size=2, workers=0)
     scenes, mean, std = pool.scenes, pool.mean, pool.std
     assert len(scenes) == 5 and mean.shape == std.shape == (5, 4, 24, 24)
     rng = random.Random(3)  # the pool draws its renders batch by batch, as training does
@@ -158,6 +159,12 @@ def test_encoded_pool_is_the_encoders_posterior_of_fresh_renders() -> None:
     assert torch.equal(again_pool.mean, mean) and torch.equal(again_pool.std, std)
     picked, latents = pool.sample(random.Random(0), 8, scaling=2.0)
     assert len(picked) == 8 and set(picked) <= set(scenes) and latents.shape == (8, 4, 24, 24)
+
+
+def test_pool_workers_default_leaves_the_encoder_a_core() -> None:
+    assert pool_workers(None, cores=16) == 15
+    assert pool_workers(None, cores=2) == 0
+    assert pool_workers(3, cores=2) == 3 and pool_workers(-1) == 0
 
 
 @pytest.mark.parametrize("levels, bottom", [(3, 6), (4, 3)])

@@ -84,7 +84,7 @@ class PretrainSettings:
     levels: int = 3  # UNet resolutions: 3 is 24, 12, 6 latent pixels; 4 adds 3x3, the caption's grid
     pooled_text: bool = False  # the caption, attention-pooled, also joins the UNet's time embedding
     pool: int = 0  # renders encoded once and sampled from (0: render and encode every batch afresh)
-    workers: int = 0  # processes rendering the pool (0: one per CPU core)
+    workers: int | None = None  # processes rendering the pool (0: render here; None: see pool_workers)
     text_width: int = 64
     caption_dropout: float = 0.1
     attribute_dropout: float = 0.15
@@ -587,6 +587,15 @@ def load_vae(path: str | Path) -> Any:
     return AutoencoderKL.from_pretrained(str(folder), torch_dtype=torch.float32)
 
 
+def pool_workers(asked: int | None, cores: int | None = None) -> int:
+    """Render processes for the pool: as asked, else all cores but the encoder's, none on two cores
+    or fewer (on the 2-core VM one render process beside the encoder was slower: BENCHMARKS.md)."""
+    if asked is not None:
+        return max(0, asked)
+    n = cores if cores is not None else (os.cpu_count() or 1)
+    return n - 1 if n > 2 else 0
+
+
 @dataclass(frozen=True)
 class LatentPool:
     """Encoded renders: scene i's posterior is N(mean[i], std[i]^2), unscaled."""
@@ -640,7 +649,7 @@ def caption_ids(tokenizer: Any, texts: Sequence[str]) -> torch.Tensor:
 
 @torch.no_grad()
 def encode_pool(
-    vae: Any, n: int, rng: random.Random, device: str, *, batch_size: int = 64, workers: int = 1
+    vae: Any, n: int, rng: random.Random, device: str, *, batch_size: int = 64, workers: int = 0
 ) -> LatentPool:
     """``n`` fresh training renders encoded once: their scenes and the posteriors' means and stds.
 
@@ -648,7 +657,7 @@ def encode_pool(
     ``mean + std * noise`` from a pool is the same data as encoding afresh, without the renderer
     and the encoder running every step (a third of a CPU step at the toy model's size, and what
     would starve a GPU). Scenes and seeds are drawn here, so ``workers`` processes rendering the
-    batches (while this one encodes) give the same pool as one.
+    batches while this one encodes give the same pool as rendering here (``workers=0``).
     """
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
@@ -663,7 +672,7 @@ def encode_pool(
         means.append(dist.mean)
         stds.append(dist.std)
 
-    if workers > 1:
+    if workers > 0:
         # spawn: the workers import numpy and Pillow only, never a forked copy of torch's threads
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
             for drawn, arrays in zip(batches, pool.map(render_drawn, batches), strict=True):
@@ -746,7 +755,7 @@ def pretrain(
     pool: LatentPool | None = None
     if s.pool > 0:
         pool_start = time.time()
-        pool = encode_pool(vae, s.pool, rng, device, workers=s.workers or os.cpu_count() or 1)
+        pool = encode_pool(vae, s.pool, rng, device, workers=pool_workers(s.workers))
         say(f"pool: {s.pool} renders encoded [{time.time() - pool_start:.0f} s]")
     phase_start = time.time()
     best = -1.0
