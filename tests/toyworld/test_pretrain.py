@@ -228,6 +228,19 @@ def test_refine_decoder_cli_refuses_a_folder_without_a_vae(
     assert "no vae/ folder" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("flag", ["--vae-from", "--init-from"])
+def test_pretrain_cli_refuses_a_source_folder_without_a_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str
+) -> None:
+    from boothkit.cli import main
+
+    out = tmp_path / "out"
+    assert main(["toyworld", "pretrain", "--output", str(out), flag, str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert flag in err and "nope" in err and "Traceback" not in err
+    assert not out.exists()  # refused before anything was written
+
+
 def test_shipped_model_is_small_and_loads_through_boothkit() -> None:
     import torch
     from diffusers import DiffusionPipeline

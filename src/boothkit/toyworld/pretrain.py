@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from boothkit.losses import compute_snr, min_snr_weights
 from boothkit.toyworld.oracles import measure
 from boothkit.toyworld.render import coverage, placement, render
 from boothkit.toyworld.scene import (
@@ -635,13 +636,12 @@ def diffusion_loss(
     noisy = noise_sched.add_noise(latents, noise, t)
     hidden = text_encoder(input_ids.to(device))[0]
     pred = unet(noisy, t, hidden).sample
-    alphas = noise_sched.alphas_cumprod.to(device)[t]
-    snr = alphas / (1 - alphas)
-    weight = torch.clamp(snr, max=snr_gamma) / snr
+    weight = min_snr_weights(compute_snr(noise_sched.alphas_cumprod, t), snr_gamma, "epsilon")
     return (weight * ((pred - noise) ** 2).mean(dim=(1, 2, 3))).mean()
 
 
 def caption_ids(tokenizer: Any, texts: Sequence[str]) -> torch.Tensor:
+    """Token ids (N, MAX_TOKENS), padded as the pipeline pads prompts."""
     return tokenizer(
         list(texts), padding="max_length", max_length=MAX_TOKENS, truncation=True, return_tensors="pt"
     ).input_ids
@@ -683,6 +683,22 @@ def encode_pool(
     return LatentPool(scenes, torch.cat(means), torch.cat(stds))
 
 
+def check_sources(settings: PretrainSettings) -> None:
+    """Refuse --vae-from / --init-from folders that hold no toy model, before anything is written."""
+    from boothkit.errors import BoothkitError
+
+    hint = "pass a model folder written by boothkit toyworld pretrain (e.g. src/boothkit/toyworld/model)"
+    if settings.vae_from:
+        folder = Path(settings.vae_from)
+        if not ((folder / "config.json").is_file() or (folder / "vae" / "config.json").is_file()):
+            raise BoothkitError(f"--vae-from {folder}: no VAE here (no config.json or vae/)", hint=hint)
+    if settings.init_from:
+        folder = Path(settings.init_from)
+        missing = [p for p in ("tokenizer", "text_encoder", "vae", "unet") if not (folder / p).is_dir()]
+        if missing:
+            raise BoothkitError(f"--init-from {folder}: no {', '.join(missing)} folder here", hint=hint)
+
+
 def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     with torch.no_grad():
         for e, p in zip(ema.parameters(), model.parameters(), strict=True):
@@ -701,6 +717,7 @@ def pretrain(
     from diffusers import DDPMScheduler
 
     s = settings or PretrainSettings()
+    check_sources(s)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     (out / "pretrain_log.txt").write_text("")
