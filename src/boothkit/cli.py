@@ -407,6 +407,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="add the attention-pooled caption to the UNet's time embedding (default off)",
     )
     tp.add_argument(
+        "--schedule",
+        choices=("sd", "zero-snr"),
+        default=None,
+        help="noise schedule: sd (epsilon target, default) or zero-snr (v target, zero terminal SNR)",
+    )
+    tp.add_argument(
         "--pool",
         type=int,
         default=None,

@@ -22,11 +22,14 @@ from boothkit.toyworld.pretrain import (
     folder_size,
     held_out_scenes,
     is_held_out,
+    loss_weights,
+    noise_schedule,
     object_weights,
     partial_caption,
     pool_workers,
     pretrain,
     prompt_fidelity,
+    sampling_scheduler,
     shipped_model_dir,
     tokenizer_corpus,
     training_caption,
@@ -120,9 +123,13 @@ def test_pretrain_smoke_writes_a_loadable_sd1_folder(tmp_path: Path) -> None:
 
     from safetensors.torch import load_file
 
-    more = dataclasses.replace(settings, init_from=str(out), decoder_steps=0)
+    more = dataclasses.replace(settings, init_from=str(out), decoder_steps=0, schedule="zero-snr")
     again = pretrain(tmp_path / "more", more, log=lambda _line: None)
     assert "continuing from" in (again / "pretrain_log.txt").read_text()
+    assert "switching to the zero-snr schedule" in (again / "pretrain_log.txt").read_text()
+    saved = json.loads((again / "scheduler" / "scheduler_config.json").read_text())
+    assert saved["prediction_type"] == "v_prediction" and saved["rescale_betas_zero_snr"] is True
+    assert load_model(str(again)).prediction_type == "v_prediction"  # boothkit train's target follows
     assert (again / "tokenizer" / "tokenizer.json").read_text() == (
         out / "tokenizer" / "tokenizer.json"
     ).read_text()
@@ -132,6 +139,35 @@ def test_pretrain_smoke_writes_a_loadable_sd1_folder(tmp_path: Path) -> None:
         load_file(str(m / "unet" / "diffusion_pytorch_model.safetensors")) for m in (out, again)
     )
     assert any(not torch.equal(unet_a[k], unet_b[k]) for k in unet_a)
+
+
+def test_zero_snr_schedule_leaves_no_signal_at_the_last_step() -> None:
+    from diffusers import DDPMScheduler
+
+    sd, zero = DDPMScheduler(**noise_schedule("sd")), DDPMScheduler(**noise_schedule("zero-snr"))
+    assert float(sd.alphas_cumprod[-1]) > 0.004  # SD keeps sqrt(0.0047) = 7% of the signal
+    assert float(zero.alphas_cumprod[-1]) == 0.0
+    assert torch.all(zero.alphas_cumprod[1:] < zero.alphas_cumprod[:-1])  # still a monotone schedule
+    assert sd.config.prediction_type == "epsilon" and zero.config.prediction_type == "v_prediction"
+    # sampling starts where training's last step is: t=999 (trailing), not 951 (SD's leading)
+    first = {}
+    for kind in ("sd", "zero-snr"):
+        ddim = sampling_scheduler(kind)
+        ddim.set_timesteps(20)
+        first[kind] = int(ddim.timesteps[0])
+    assert first == {"sd": 951, "zero-snr": 999}
+    with pytest.raises(ValueError, match="schedule 'cosine'"):
+        noise_schedule("cosine")
+
+
+def test_loss_weights_keep_the_zero_snr_step_for_the_v_target() -> None:
+    from boothkit.losses import min_snr_weights
+
+    snr = torch.tensor([0.0, 0.5, 4.0, 100.0])
+    v = loss_weights(snr, 5.0, "v_prediction")
+    assert torch.allclose(v, torch.tensor([1.0, 1.0, 1.0, 5.0 / 101.0]))
+    eps = loss_weights(snr[1:], 5.0, "epsilon")
+    assert torch.equal(eps, min_snr_weights(snr[1:], 5.0, "epsilon"))
 
 
 def test_encoded_pool_is_the_encoders_posterior_of_fresh_renders() -> None:
