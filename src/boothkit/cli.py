@@ -413,6 +413,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="noise schedule: sd (epsilon target, default) or zero-snr (v target, zero terminal SNR)",
     )
     tp.add_argument(
+        "--high-noise-share",
+        dest="high_noise_share",
+        type=float,
+        default=None,
+        help="share of timesteps drawn from the noisiest quarter, where only the caption shows the layout (default 0)",
+    )
+    tp.add_argument(
         "--pool",
         type=int,
         default=None,

@@ -17,6 +17,7 @@ from boothkit.toyworld.pretrain import (
     RARE_TOKENS,
     PretrainSettings,
     build_components,
+    draw_timesteps,
     encode_pool,
     evaluate_pipeline,
     folder_size,
@@ -123,7 +124,9 @@ def test_pretrain_smoke_writes_a_loadable_sd1_folder(tmp_path: Path) -> None:
 
     from safetensors.torch import load_file
 
-    more = dataclasses.replace(settings, init_from=str(out), decoder_steps=0, schedule="zero-snr")
+    more = dataclasses.replace(
+        settings, init_from=str(out), decoder_steps=0, schedule="zero-snr", high_noise_share=0.5
+    )
     again = pretrain(tmp_path / "more", more, log=lambda _line: None)
     assert "continuing from" in (again / "pretrain_log.txt").read_text()
     assert "switching to the zero-snr schedule" in (again / "pretrain_log.txt").read_text()
@@ -158,6 +161,15 @@ def test_zero_snr_schedule_leaves_no_signal_at_the_last_step() -> None:
     assert first == {"sd": 951, "zero-snr": 999}
     with pytest.raises(ValueError, match="schedule 'cosine'"):
         noise_schedule("cosine")
+
+
+def test_high_noise_share_draws_that_share_from_the_noisiest_quarter() -> None:
+    torch.manual_seed(0)
+    uniform = draw_timesteps(20000, 1000, 0.0, "cpu")
+    biased = draw_timesteps(20000, 1000, 0.5, "cpu")
+    assert uniform.min() >= 0 and uniform.max() <= 999 and biased.max() <= 999
+    assert abs(float((uniform >= 750).float().mean()) - 0.25) < 0.02
+    assert abs(float((biased >= 750).float().mean()) - (0.5 + 0.5 * 0.25)) < 0.02
 
 
 def test_loss_weights_keep_the_zero_snr_step_for_the_v_target() -> None:

@@ -95,6 +95,9 @@ class PretrainSettings:
     attribute_dropout: float = 0.15
     ema_decay: float = 0.995
     snr_gamma: float = 5.0
+    # Share of each batch whose timesteps come from the noisiest quarter (the rest are uniform): the
+    # steps where x_t shows nothing and the layout can come only from the caption.
+    high_noise_share: float = 0.0
     eval_every: int = 250
     eval_images: int = 56
     eval_steps: int = 20
@@ -666,6 +669,15 @@ def loss_weights(snr: torch.Tensor, gamma: float, prediction_type: str) -> torch
     return min_snr_weights(snr, gamma, prediction_type)
 
 
+def draw_timesteps(n: int, num_train_timesteps: int, high_noise_share: float, device: Any) -> torch.Tensor:
+    """Uniform timesteps, except that about ``high_noise_share`` of them come from the noisiest quarter."""
+    t = torch.randint(0, num_train_timesteps, (n,), device=device)
+    if high_noise_share > 0:
+        late = torch.randint(num_train_timesteps * 3 // 4, num_train_timesteps, (n,), device=device)
+        t = torch.where(torch.rand(n, device=device) < high_noise_share, late, t)
+    return t
+
+
 def diffusion_loss(
     unet: Any,
     text_encoder: Any,
@@ -673,11 +685,12 @@ def diffusion_loss(
     latents: torch.Tensor,
     noise_sched: Any,
     snr_gamma: float,
+    high_noise_share: float = 0.0,
 ) -> torch.Tensor:
-    """The min-SNR-weighted loss (epsilon or v target) of one batch at uniformly drawn timesteps."""
+    """The min-SNR-weighted loss (epsilon or v target) of one batch at drawn timesteps."""
     device = latents.device
     noise = torch.randn_like(latents)
-    t = torch.randint(0, noise_sched.config.num_train_timesteps, (latents.shape[0],), device=device)
+    t = draw_timesteps(latents.shape[0], noise_sched.config.num_train_timesteps, high_noise_share, device)
     noisy = noise_sched.add_noise(latents, noise, t)
     hidden = text_encoder(input_ids.to(device))[0]
     pred = unet(noisy, t, hidden).sample
@@ -839,7 +852,7 @@ def pretrain(
         else:
             scenes, latents = fresh_latents(vae, rng, s.batch_size, scaling, device)
         ids = caption_ids(tokenizer, [training_caption(sc, rng, s) for sc in scenes])
-        loss = diffusion_loss(unet, text_encoder, ids, latents, noise_sched, s.snr_gamma)
+        loss = diffusion_loss(unet, text_encoder, ids, latents, noise_sched, s.snr_gamma, s.high_noise_share)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
