@@ -417,7 +417,14 @@ def build_parser() -> argparse.ArgumentParser:
         dest="high_noise_share",
         type=float,
         default=None,
-        help="share of timesteps drawn from the noisiest quarter, where only the caption shows the layout (default 0)",
+        help="share of timesteps drawn from --high-noise-from to 999, where only the caption shows the layout (default 0)",
+    )
+    tp.add_argument(
+        "--high-noise-from",
+        dest="high_noise_from",
+        type=int,
+        default=None,
+        help="first timestep of the high-noise range (default 750; 999: the pure-noise step alone)",
     )
     tp.add_argument(
         "--pool",

@@ -170,6 +170,8 @@ def test_high_noise_share_draws_that_share_from_the_noisiest_quarter() -> None:
     assert uniform.min() >= 0 and uniform.max() <= 999 and biased.max() <= 999
     assert abs(float((uniform >= 750).float().mean()) - 0.25) < 0.02
     assert abs(float((biased >= 750).float().mean()) - (0.5 + 0.5 * 0.25)) < 0.02
+    last = draw_timesteps(1000, 1000, 1.0, "cpu", high_noise_from=999)
+    assert torch.all(last == 999)
 
 
 def test_loss_weights_keep_the_zero_snr_step_for_the_v_target() -> None:

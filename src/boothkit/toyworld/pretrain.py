@@ -95,9 +95,12 @@ class PretrainSettings:
     attribute_dropout: float = 0.15
     ema_decay: float = 0.995
     snr_gamma: float = 5.0
-    # Share of each batch whose timesteps come from the noisiest quarter (the rest are uniform): the
-    # steps where x_t shows nothing and the layout can come only from the caption.
+    # Share of each batch whose timesteps come from [high_noise_from, 1000) (the rest are uniform):
+    # the steps where x_t shows nothing and the layout can come only from the caption. With the
+    # zero-snr schedule, 800 steps at t=999 alone (share 1, from 999) are what taught the model
+    # position words (BENCHMARKS.md); uniform timesteps never did.
     high_noise_share: float = 0.0
+    high_noise_from: int = 750
     eval_every: int = 250
     eval_images: int = 56
     eval_steps: int = 20
@@ -669,11 +672,13 @@ def loss_weights(snr: torch.Tensor, gamma: float, prediction_type: str) -> torch
     return min_snr_weights(snr, gamma, prediction_type)
 
 
-def draw_timesteps(n: int, num_train_timesteps: int, high_noise_share: float, device: Any) -> torch.Tensor:
-    """Uniform timesteps, except that about ``high_noise_share`` of them come from the noisiest quarter."""
+def draw_timesteps(
+    n: int, num_train_timesteps: int, high_noise_share: float, device: Any, high_noise_from: int = 750
+) -> torch.Tensor:
+    """Uniform timesteps, except that about ``high_noise_share`` of them come from [high_noise_from, T)."""
     t = torch.randint(0, num_train_timesteps, (n,), device=device)
     if high_noise_share > 0:
-        late = torch.randint(num_train_timesteps * 3 // 4, num_train_timesteps, (n,), device=device)
+        late = torch.randint(high_noise_from, num_train_timesteps, (n,), device=device)
         t = torch.where(torch.rand(n, device=device) < high_noise_share, late, t)
     return t
 
@@ -686,11 +691,13 @@ def diffusion_loss(
     noise_sched: Any,
     snr_gamma: float,
     high_noise_share: float = 0.0,
+    high_noise_from: int = 750,
 ) -> torch.Tensor:
     """The min-SNR-weighted loss (epsilon or v target) of one batch at drawn timesteps."""
     device = latents.device
     noise = torch.randn_like(latents)
-    t = draw_timesteps(latents.shape[0], noise_sched.config.num_train_timesteps, high_noise_share, device)
+    n_train = noise_sched.config.num_train_timesteps
+    t = draw_timesteps(latents.shape[0], n_train, high_noise_share, device, high_noise_from)
     noisy = noise_sched.add_noise(latents, noise, t)
     hidden = text_encoder(input_ids.to(device))[0]
     pred = unet(noisy, t, hidden).sample
@@ -852,7 +859,9 @@ def pretrain(
         else:
             scenes, latents = fresh_latents(vae, rng, s.batch_size, scaling, device)
         ids = caption_ids(tokenizer, [training_caption(sc, rng, s) for sc in scenes])
-        loss = diffusion_loss(unet, text_encoder, ids, latents, noise_sched, s.snr_gamma, s.high_noise_share)
+        loss = diffusion_loss(
+            unet, text_encoder, ids, latents, noise_sched, s.snr_gamma, s.high_noise_share, s.high_noise_from
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
