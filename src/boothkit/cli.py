@@ -420,6 +420,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of timesteps drawn from --high-noise-from to 999, where only the caption shows the layout (default 0)",
     )
     tp.add_argument(
+        "--ema-decay",
+        dest="ema_decay",
+        type=float,
+        default=None,
+        help="decay of the weights' moving average that is evaluated and saved (default 0.995; 0: the raw weights)",
+    )
+    tp.add_argument(
+        "--keep",
+        choices=("best", "last"),
+        default=None,
+        help="which evaluated state the folder keeps: best joint fidelity (default) or the last",
+    )
+    tp.add_argument(
         "--high-noise-from",
         dest="high_noise_from",
         type=int,

@@ -125,11 +125,12 @@ def test_pretrain_smoke_writes_a_loadable_sd1_folder(tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
     more = dataclasses.replace(
-        settings, init_from=str(out), decoder_steps=0, schedule="zero-snr", high_noise_share=0.5
+        settings, init_from=str(out), decoder_steps=0, schedule="zero-snr", high_noise_share=0.5, keep="last"
     )
     again = pretrain(tmp_path / "more", more, log=lambda _line: None)
     assert "continuing from" in (again / "pretrain_log.txt").read_text()
     assert "switching to the zero-snr schedule" in (again / "pretrain_log.txt").read_text()
+    assert "done: kept step 2 (last)" in (again / "pretrain_log.txt").read_text()
     saved = json.loads((again / "scheduler" / "scheduler_config.json").read_text())
     assert saved["prediction_type"] == "v_prediction" and saved["rescale_betas_zero_snr"] is True
     assert load_model(str(again)).prediction_type == "v_prediction"  # boothkit train's target follows

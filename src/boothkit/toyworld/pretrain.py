@@ -112,6 +112,9 @@ class PretrainSettings:
     threads: int | None = None
     vae_from: str = ""  # a model folder (or its vae/ folder) whose trained VAE replaces phase 1
     init_from: str = ""  # a toy model folder to continue pretraining (implies its VAE)
+    # "best": the folder holds the evaluation with the best joint fidelity; "last": the latest one
+    # (for a phase of a curriculum, whose own scores are not the point).
+    keep: str = "best"
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -878,7 +881,7 @@ def pretrain(
             comps = {**components, "unet": ema_unet, "text_encoder": ema_text}
             fid = evaluate_pipeline(assemble(comps), s.eval_images, steps=s.eval_steps, guidance=s.guidance)
             say(f"eval step {step}: held-out {fid.format()} [{time.time() - phase_start:.0f} s]")
-            if fid.overall >= best:
+            if fid.overall >= best or s.keep == "last":
                 best, best_step = fid.overall, step
                 meta = {
                     "step": step,
@@ -902,7 +905,7 @@ def pretrain(
         # the encoder is frozen from here on, so the UNet's latent space does not move.
         refine_model_decoder(out, s.decoder_steps, log=log)
     say(
-        f"done: best held-out fidelity {best:.3f} at step {best_step}; total {(time.time() - started) / 60:.1f} min"
+        f"done: kept step {best_step} ({s.keep}), held-out fidelity {best:.3f}; total {(time.time() - started) / 60:.1f} min"
     )
     return out
 
