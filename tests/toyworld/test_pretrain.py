@@ -371,3 +371,16 @@ def test_shipped_model_through_the_generate_and_grid_commands(tmp_path: Path) ->
         == 0
     )
     assert grid.is_file()
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--high-noise-share", "1.5"), ("--high-noise-from", "1000")])
+def test_pretrain_cli_refuses_timestep_settings_out_of_range(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str, value: str
+) -> None:
+    from boothkit.cli import main
+
+    out = tmp_path / "out"
+    assert main(["toyworld", "pretrain", "--output", str(out), flag, value]) == 2
+    err = capsys.readouterr().err
+    assert flag in err and value in err and "Traceback" not in err
+    assert not out.exists()

@@ -97,8 +97,8 @@ class PretrainSettings:
     snr_gamma: float = 5.0
     # Share of each batch whose timesteps come from [high_noise_from, 1000) (the rest are uniform):
     # the steps where x_t shows nothing and the layout can come only from the caption. With the
-    # zero-snr schedule, 800 steps at t=999 alone (share 1, from 999) are what taught the model
-    # position words (BENCHMARKS.md); uniform timesteps never did.
+    # zero-snr schedule, 1000 raw-weight steps at t=999 alone (share 1, from 999) are what taught the
+    # model position words (BENCHMARKS.md); mixed timesteps did not in 1000 steps.
     high_noise_share: float = 0.0
     high_noise_from: int = 750
     eval_every: int = 250
@@ -317,8 +317,8 @@ def noise_schedule(kind: str = "sd") -> dict[str, Any]:
 
     SD's last timestep keeps sqrt(alpha_bar) = 0.068 of the signal, and at 24x24 latents that is
     enough to read the layout: a linear probe finds the object's position in 6x6-pooled x_t at
-    t=951 (where 20 leading DDIM steps start) 23% of the time (chance 11%), the background from
-    the channel means alone 42% (chance 10%). A model trained so takes position and background
+    t=951 (where 20 leading DDIM steps start) 21% of the time (chance 11%), the background from
+    the channel means and stds 38% (chance 10%; bench/schedule_leak.py). A model trained so takes position and background
     from the noise rather than the caption, and sampling starts from pure noise, where they are
     random: v1's position fidelity is chance. Zero terminal SNR leaves nothing to read at the last
     step, which needs the v target (epsilon is undefined there) and trailing spacing (sampling
@@ -667,8 +667,8 @@ def loss_weights(snr: torch.Tensor, gamma: float, prediction_type: str) -> torch
     """Min-SNR-gamma weights for the epsilon or v target.
 
     In x0 terms min-SNR weighs a timestep min(snr, gamma); for v it is floored at one,
-    min(snr + 1, gamma) (as the diffusers training scripts floor it), so that the high-noise
-    steps, where the layout is decided, keep their weight and the zero-SNR step is not dropped.
+    min(snr + 1, gamma), so that the high-noise steps, where the layout is decided, keep their
+    weight and the zero-SNR step is not dropped (boothkit.losses.min_snr_weights gives it 0).
     """
     if prediction_type == "v_prediction":
         return torch.clamp(snr + 1.0, max=gamma) / (snr + 1.0)
@@ -755,8 +755,14 @@ def encode_pool(
 
 
 def check_sources(settings: PretrainSettings) -> None:
-    """Refuse --vae-from / --init-from folders that hold no toy model, before anything is written."""
+    """Refuse --vae-from / --init-from folders that hold no toy model, and timestep settings out of
+    range, before anything is written."""
     from boothkit.errors import BoothkitError
+
+    if not 0.0 <= settings.high_noise_share <= 1.0:
+        raise BoothkitError(f"--high-noise-share {settings.high_noise_share}: a share between 0 and 1")
+    if not 0 <= settings.high_noise_from <= 999:
+        raise BoothkitError(f"--high-noise-from {settings.high_noise_from}: a timestep from 0 to 999")
 
     hint = "pass a model folder written by boothkit toyworld pretrain (e.g. src/boothkit/toyworld/model)"
     if settings.vae_from:
