@@ -79,9 +79,9 @@ def test_dreambooth_lora_raises_the_subject_score_above_the_base_model(tmp_path:
 
     The prompts are the instance prompt and one plain-background context, the photos' own kind of
     scene, 4 seeds each: single images score anywhere from 0 to 0.8 on the 2-core VM (2026-12-02), so
-    the test averages 8 (the base model's mean is about 0.01). New contexts are the bench's figure, not this test's:
-    with the weak v1 base their score moves between CPUs (0.31 on the VM of 2026-11-23, 0.00 on
-    this one, where the three new-context prompts no longer draw a circle)."""
+    the test averages 8 (the base model's mean is about 0.01). New contexts are the bench's figure, not
+    this test's (BENCHMARKS.md: on the v2 base, subject fidelity follows how much of each subject the
+    VAE keeps)."""
     import numpy as np
 
     from boothkit.generate import load_pipeline
