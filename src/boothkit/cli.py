@@ -192,8 +192,18 @@ def _demo(ns: argparse.Namespace) -> int:
 
 def _toyworld_pretrain(ns: argparse.Namespace) -> int:
     _disable_load_bars()
-    from boothkit.toyworld.pretrain import pretrain, settings_from_args
+    from boothkit.toyworld.pretrain import CURRICULA, pretrain, pretrain_curriculum, settings_from_args
 
+    if ns.curriculum:
+        from pathlib import Path
+
+        out = Path(ns.output)
+        if out.exists() and any(out.iterdir()):
+            raise BoothkitError(
+                f"--output {out}: the folder is not empty", hint="a curriculum writes a new model folder"
+            )
+        pretrain_curriculum(out, CURRICULA[ns.curriculum], settings_from_args(ns))
+        return 0
     pretrain(ns.output, settings_from_args(ns))
     return 0
 
@@ -481,6 +491,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="decoder-only refinement after the UNet phase",
+    )
+    tp.add_argument(
+        "--curriculum",
+        choices=["v2"],
+        default=None,
+        help="run a recorded sequence of phases (v2: the shipped model from scratch); "
+        "each phase's settings replace the same flags",
     )
     tp.set_defaults(func=_toyworld_pretrain)
     tr = tw_sub.add_parser(

@@ -390,3 +390,56 @@ def test_pretrain_cli_refuses_timestep_settings_out_of_range(
     err = capsys.readouterr().err
     assert flag in err and value in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_curriculum_chains_its_phases_into_one_folder(tmp_path: Path) -> None:
+    """Each phase continues the previous folder; the last becomes the output, with every phase's log."""
+    from safetensors.torch import load_file
+
+    from boothkit.families import load_model
+    from boothkit.toyworld.pretrain import CURRICULA, pretrain_curriculum
+
+    tiny = PretrainSettings(
+        vae_steps=2,
+        steps=2,
+        batch_size=4,
+        vae_batch_size=4,
+        eval_every=2,
+        eval_images=2,
+        eval_steps=2,
+        pool=6,
+    )
+    phases = [
+        ("first", {"steps": 2}),
+        ("second", {"schedule": "zero-snr", "high_noise_share": 1.0, "keep": "last"}),
+    ]
+    out = pretrain_curriculum(tmp_path / "model", phases, tiny, log=lambda _line: None)
+    log = (out / "pretrain_log.txt").read_text()
+    assert log.index("# Phase first") < log.index("# Phase second")
+    assert log.count("continuing from") == 1 and "switching to the zero-snr schedule" in log
+    assert load_model(str(out)).prediction_type == "v_prediction"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # the phase folders are gone
+    assert load_file(str(out / "unet" / "diffusion_pytorch_model.safetensors"))
+    with pytest.raises(ValueError, match="not empty"):
+        pretrain_curriculum(out, phases, tiny, log=lambda _line: None)
+    with pytest.raises(ValueError, match="unknown settings"):
+        pretrain_curriculum(tmp_path / "bad", [("x", {"stepz": 1})], tiny, log=lambda _line: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # refused before anything was written
+    # The recorded v2 curriculum: valid fields, the last phase is the shipped model's settings.
+    v2 = dict(CURRICULA["v2"])
+    for fields in v2.values():
+        PretrainSettings(**fields)
+    meta = json.loads((shipped_model_dir() / "boothkit_toyworld.json").read_text())
+    assert {k: meta["settings"][k] for k in v2["F"]} == v2["F"]
+
+
+def test_pretrain_cli_curriculum_refuses_a_non_empty_output(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from boothkit.cli import main
+
+    (tmp_path / "mine.txt").write_text("keep me")
+    assert main(["toyworld", "pretrain", "--curriculum", "v2", "--output", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "--output" in err and "not empty" in err and "Traceback" not in err
+    assert (tmp_path / "mine.txt").read_text() == "keep me" and len(list(tmp_path.iterdir())) == 1

@@ -931,3 +931,122 @@ def settings_from_args(args: Any) -> PretrainSettings:
 def shipped_model_dir() -> Path:
     """The model folder that ships with boothkit."""
     return Path(__file__).resolve().parent / "model"
+
+
+# --------------------------------------------------------------------------- curriculum
+
+# The shipped model (v2) in one command: v1's recipe, then the zero-SNR phases that taught it position
+# words (BENCHMARKS.md, "the noise schedule"). Each phase continues the previous one's folder with a
+# fresh optimizer; its fields replace the command line's. The minute limits are the CPU runs'; a GPU
+# reaches the step counts first.
+CURRICULA: dict[str, tuple[tuple[str, dict[str, Any]], ...]] = {
+    "v2": (
+        ("v1", {"steps": 12000, "max_minutes": 80.0, "eval_every": 500, "decoder_steps": 1400}),
+        ("A", {"schedule": "zero-snr", "pool": 16000, "steps": 1000, "eval_every": 500}),
+        (
+            "C",
+            {
+                "schedule": "zero-snr",
+                "high_noise_share": 1.0,
+                "high_noise_from": 999,
+                "pool": 2000,
+                "steps": 1000,
+                "eval_every": 1000,
+                "keep": "last",
+                "ema_decay": 0.0,
+            },
+        ),
+        (
+            "D",
+            {
+                "schedule": "zero-snr",
+                "high_noise_share": 0.5,
+                "high_noise_from": 999,
+                "pool": 4000,
+                "steps": 4000,
+                "max_minutes": 25.0,
+                "eval_every": 250,
+            },
+        ),
+        (
+            "E",
+            {
+                "schedule": "zero-snr",
+                "high_noise_share": 0.25,
+                "high_noise_from": 999,
+                "pool": 16000,
+                "seed": 1,
+                "steps": 4000,
+                "max_minutes": 20.0,
+                "eval_every": 250,
+            },
+        ),
+        (
+            "F",
+            {
+                "schedule": "zero-snr",
+                "high_noise_share": 0.25,
+                "high_noise_from": 999,
+                "pool": 16000,
+                "seed": 2,
+                "lr": 5e-4,
+                "steps": 4000,
+                "max_minutes": 15.0,
+                "eval_every": 250,
+            },
+        ),
+    ),
+}
+
+
+def pretrain_curriculum(
+    output: str | Path,
+    phases: Sequence[tuple[str, dict[str, Any]]],
+    settings: PretrainSettings | None = None,
+    *,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Run ``phases`` in sequence, each continuing the previous one's folder, into ``output``.
+
+    ``settings`` holds what every phase shares (device, threads, batch size, ...); a phase's fields
+    replace it. With ``settings.init_from`` set, the first phase continues from that folder, else it
+    starts from scratch. The phases are written under ``.OUTPUT.phases/`` beside ``output``; the
+    last one becomes ``output`` with every phase's log in its ``pretrain_log.txt``, and the phase
+    folders are removed.
+    """
+    import dataclasses
+    import shutil
+
+    base = settings or PretrainSettings()
+    out = Path(output)
+    if out.exists() and any(out.iterdir()):
+        raise ValueError(f"{out} is not empty: pass a new folder for the curriculum's model")
+    known = {f.name for f in dataclasses.fields(PretrainSettings)}
+    for name, fields in phases:
+        if set(fields) - known:
+            raise ValueError(f"phase {name!r}: unknown settings {sorted(set(fields) - known)}")
+    work = out.parent / f".{out.name}.phases"
+    work.mkdir(parents=True, exist_ok=True)
+    previous = base.init_from
+    logs: list[str] = []
+    for name, fields in phases:
+        phase = dataclasses.replace(base, **{**fields, "init_from": previous, "vae_from": ""})
+        folder = work / name
+        if folder.exists():
+            shutil.rmtree(folder)
+        log(f"phase {name}: {json.dumps(fields)}" + (f" from {previous}" if previous else ""))
+        pretrain(folder, phase, log=log)
+        logs.append(f"# Phase {name}: {json.dumps(fields)}\n" + (folder / "pretrain_log.txt").read_text())
+        previous = str(folder)
+    last = Path(previous)
+    (last / "pretrain_log.txt").write_text("\n".join(logs))
+    staged = out.parent / f".{out.name}.staged"
+    if staged.exists():
+        shutil.rmtree(staged)
+    shutil.copytree(last, staged)
+    if out.exists():
+        out.rmdir()
+    staged.replace(out)
+    shutil.rmtree(work)
+    log(f"curriculum done: {', '.join(n for n, _ in phases)} -> {out}")
+    return out
