@@ -27,9 +27,7 @@ from boothkit.toyworld.subjects import BENCH_SUBJECTS, SUBJECTS, render_subject
 @torch.no_grad()
 def round_trip(vae: torch.nn.Module, images: list[Image.Image]) -> list[Image.Image]:
     """The VAE's reconstruction (posterior mean) of each image."""
-    decoded = vae.decode(vae.encode(P.to_tensor(images)).latent_dist.mean).sample  # type: ignore[operator]
-    pixels = ((decoded.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
-    return [Image.fromarray(np.ascontiguousarray(p)) for p in pixels]
+    return P.to_images(vae.decode(vae.encode(P.to_tensor(images)).latent_dist.mean).sample)  # type: ignore[operator]
 
 
 def main() -> None:

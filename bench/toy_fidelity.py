@@ -19,6 +19,7 @@ import random
 from pathlib import Path
 
 from boothkit.generate import load_pipeline
+from boothkit.io import atomic_write_json
 from boothkit.toyworld import caption
 from boothkit.toyworld import pretrain as P
 
@@ -51,9 +52,7 @@ def main() -> None:
             training_distribution_per_attribute=trained.per_attribute,
             measured_with=f"bench/toy_fidelity.py: boothkit's loader, {N} captions, {STEPS} steps, guidance {GUIDANCE}",
         )
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(meta, indent=2) + "\n")
-        tmp.replace(path)
+        atomic_write_json(path, meta)
         print(f"recorded in {path}")
 
 

@@ -195,14 +195,7 @@ def _toyworld_pretrain(ns: argparse.Namespace) -> int:
     from boothkit.toyworld.pretrain import CURRICULA, pretrain, pretrain_curriculum, settings_from_args
 
     if ns.curriculum:
-        from pathlib import Path
-
-        out = Path(ns.output)
-        if out.exists() and any(out.iterdir()):
-            raise BoothkitError(
-                f"--output {out}: the folder is not empty", hint="a curriculum writes a new model folder"
-            )
-        pretrain_curriculum(out, CURRICULA[ns.curriculum], settings_from_args(ns))
+        pretrain_curriculum(ns.output, CURRICULA[ns.curriculum], settings_from_args(ns))
         return 0
     pretrain(ns.output, settings_from_args(ns))
     return 0

@@ -49,6 +49,19 @@ POSITION_FLOOR = 0.85
 BACKGROUND_FLOOR = 0.85
 
 
+# A pretraining run that exercises every phase in seconds.
+TINY = {
+    "vae_steps": 2,
+    "steps": 2,
+    "batch_size": 4,
+    "vae_batch_size": 4,
+    "eval_every": 2,
+    "eval_images": 2,
+    "eval_steps": 2,
+    "pool": 6,
+}
+
+
 def test_training_never_shows_held_out_pairs() -> None:
     rng = random.Random(0)
     for _ in range(2000):
@@ -101,17 +114,7 @@ def test_prompt_fidelity_of_clean_renders_is_one() -> None:
 def test_pretrain_smoke_writes_a_loadable_sd1_folder(tmp_path: Path) -> None:
     from boothkit.families import load_model
 
-    settings = PretrainSettings(
-        vae_steps=2,
-        steps=2,
-        batch_size=4,
-        vae_batch_size=4,
-        eval_every=2,
-        eval_images=2,
-        eval_steps=2,
-        decoder_steps=2,
-        pool=6,
-    )
+    settings = PretrainSettings(**TINY, decoder_steps=2)
     out = pretrain(tmp_path / "model", settings, log=lambda _line: None)
     assert (out / "model_index.json").exists()
     log = (out / "pretrain_log.txt").read_text()
@@ -396,19 +399,11 @@ def test_curriculum_chains_its_phases_into_one_folder(tmp_path: Path) -> None:
     """Each phase continues the previous folder; the last becomes the output, with every phase's log."""
     from safetensors.torch import load_file
 
+    from boothkit.errors import BoothkitError
     from boothkit.families import load_model
     from boothkit.toyworld.pretrain import CURRICULA, pretrain_curriculum
 
-    tiny = PretrainSettings(
-        vae_steps=2,
-        steps=2,
-        batch_size=4,
-        vae_batch_size=4,
-        eval_every=2,
-        eval_images=2,
-        eval_steps=2,
-        pool=6,
-    )
+    tiny = PretrainSettings(**TINY)
     phases = [
         ("first", {"steps": 2}),
         ("second", {"schedule": "zero-snr", "high_noise_share": 1.0, "keep": "last"}),
@@ -420,9 +415,9 @@ def test_curriculum_chains_its_phases_into_one_folder(tmp_path: Path) -> None:
     assert load_model(str(out)).prediction_type == "v_prediction"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # the phase folders are gone
     assert load_file(str(out / "unet" / "diffusion_pytorch_model.safetensors"))
-    with pytest.raises(ValueError, match="not empty"):
+    with pytest.raises(BoothkitError, match="not empty"):
         pretrain_curriculum(out, phases, tiny, log=lambda _line: None)
-    with pytest.raises(ValueError, match="unknown settings"):
+    with pytest.raises(BoothkitError, match="unknown settings"):
         pretrain_curriculum(tmp_path / "bad", [("x", {"stepz": 1})], tiny, log=lambda _line: None)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # refused before anything was written
     # The recorded v2 curriculum: valid fields, the last phase is the shipped model's settings.

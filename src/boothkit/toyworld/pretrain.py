@@ -1017,22 +1017,28 @@ def pretrain_curriculum(
     import dataclasses
     import shutil
 
+    from boothkit.errors import BoothkitError
+
     base = settings or PretrainSettings()
     out = Path(output)
     if out.exists() and any(out.iterdir()):
-        raise ValueError(f"{out} is not empty: pass a new folder for the curriculum's model")
+        raise BoothkitError(
+            f"--output {out}: the folder is not empty", hint="a curriculum writes a new model folder"
+        )
     known = {f.name for f in dataclasses.fields(PretrainSettings)}
     for name, fields in phases:
         if set(fields) - known:
-            raise ValueError(f"phase {name!r}: unknown settings {sorted(set(fields) - known)}")
+            raise BoothkitError(f"curriculum phase {name!r}: unknown settings {sorted(set(fields) - known)}")
     work = out.parent / f".{out.name}.phases"
     work.mkdir(parents=True, exist_ok=True)
     previous = base.init_from
     logs: list[str] = []
-    for name, fields in phases:
-        phase = dataclasses.replace(base, **{**fields, "init_from": previous, "vae_from": ""})
+    for i, (name, fields) in enumerate(phases):
+        # After the first phase the VAE comes with the previous folder (--vae-from would replace it).
+        vae_from = base.vae_from if i == 0 else ""
+        phase = dataclasses.replace(base, **{**fields, "init_from": previous, "vae_from": vae_from})
         folder = work / name
-        if folder.exists():
+        if folder.exists():  # left by an interrupted curriculum
             shutil.rmtree(folder)
         log(f"phase {name}: {json.dumps(fields)}" + (f" from {previous}" if previous else ""))
         pretrain(folder, phase, log=log)
@@ -1040,13 +1046,9 @@ def pretrain_curriculum(
         previous = str(folder)
     last = Path(previous)
     (last / "pretrain_log.txt").write_text("\n".join(logs))
-    staged = out.parent / f".{out.name}.staged"
-    if staged.exists():
-        shutil.rmtree(staged)
-    shutil.copytree(last, staged)
     if out.exists():
-        out.rmdir()
-    staged.replace(out)
+        out.rmdir()  # empty (checked above)
+    last.replace(out)  # the phase folders sit beside ``out``: one rename on the same filesystem
     shutil.rmtree(work)
     log(f"curriculum done: {', '.join(n for n, _ in phases)} -> {out}")
     return out
