@@ -81,8 +81,8 @@ class PretrainSettings:
     vae_lr: float = 1e-3
     width: int = 32  # channels of the first UNet block; the others are 2x, 3x (and 4x)
     # The defaults are v1's first phase. The shipped model (v2) continues v1 through a curriculum of
-    # these fields (schedule, high_noise_share, high_noise_from, keep, ema_decay, pool, seed, lr): the
-    # commands are in its pretrain_log.txt. levels=4 and pooled_text are an alternative layout,
+    # these fields (schedule, high_noise_share, high_noise_from, keep, ema_decay, pool, seed, lr):
+    # CURRICULA["v2"] below, `toyworld pretrain --curriculum v2`; its log has each phase. levels=4 and pooled_text are an alternative layout,
     # measured on CPU in BENCHMARKS.md and not better at equal steps.
     levels: int = 3  # UNet resolutions: 3 is 24, 12, 6 latent pixels; 4 adds 3x3, the caption's grid
     pooled_text: bool = False  # the caption, attention-pooled, also joins the UNet's time embedding
