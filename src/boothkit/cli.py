@@ -212,7 +212,19 @@ def _toyworld_refine(ns: argparse.Namespace) -> int:
         raise BoothkitError(
             f"--model {model}: no vae/ folder here", hint="pass a folder written by toyworld pretrain"
         )
-    refine_model_decoder(model, ns.steps, lr=ns.lr, object_weight=ns.object_weight, every=ns.every)
+    if not 0.0 <= ns.multicolor_share <= 1.0:
+        raise BoothkitError(
+            f"--multicolor-share {ns.multicolor_share}: must be between 0 and 1",
+            hint="e.g. 0.5 paints half of the training objects in several colours",
+        )
+    refine_model_decoder(
+        model,
+        ns.steps,
+        lr=ns.lr,
+        object_weight=ns.object_weight,
+        multicolor_share=ns.multicolor_share,
+        every=ns.every,
+    )
     return 0
 
 
@@ -486,6 +498,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="decoder-only refinement after the UNet phase",
     )
     tp.add_argument(
+        "--multicolor-share",
+        dest="multicolor_share",
+        type=float,
+        default=None,
+        help="share of the UNet's training objects painted in several colours, captioned without one",
+    )
+    tp.add_argument(
+        "--decoder-multicolor-share",
+        dest="decoder_multicolor_share",
+        type=float,
+        default=None,
+        help="share of the decoder refinement's objects painted in several colours",
+    )
+    tp.add_argument(
         "--curriculum",
         choices=["v2"],
         default=None,
@@ -502,6 +528,13 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--steps", type=int, default=1000)
     tr.add_argument("--lr", type=float, default=5e-4)
     tr.add_argument("--object-weight", dest="object_weight", type=float, default=10.0)
+    tr.add_argument(
+        "--multicolor-share",
+        dest="multicolor_share",
+        type=float,
+        default=0.0,
+        help="share of training objects painted in several colours (never a subject's look)",
+    )
     tr.add_argument("--every", type=int, default=100, help="evaluate (and keep the best) every N steps")
     tr.set_defaults(func=_toyworld_refine)
     tb = tw_sub.add_parser("bench", parents=[common], help="DreamBooth methods measured on the toy world")

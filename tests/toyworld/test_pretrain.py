@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from pathlib import Path
@@ -90,6 +91,32 @@ def test_captions_full_partial_and_empty() -> None:
     parse_caption(caption(scene))
 
 
+def test_multicolor_share_paints_objects_in_several_colours_and_never_captions_a_colour() -> None:
+    import numpy as np
+
+    from boothkit.toyworld import COLORS
+    from boothkit.toyworld.pretrain import draw_batch, render_training
+
+    # Share 0 draws exactly what the one-colour world always drew (v1 and v2 reproduce from their logs).
+    assert draw_batch(random.Random(7), 40) == [
+        (s, seed) for s, seed in draw_batch(random.Random(7), 40, multicolor_share=0.0)
+    ]
+    drawn = draw_batch(random.Random(7), 400, multicolor_share=0.25)
+    uncoloured = [(s, seed) for s, seed in drawn if s.color is None]
+    assert 70 <= len(uncoloured) <= 130
+    assert not any(is_held_out(s) for s, _ in drawn)
+    rng = random.Random(2)
+    for scene, seed in uncoloured[:40]:
+        text = training_caption(scene, rng, PretrainSettings(caption_dropout=0.0, attribute_dropout=0.0))
+        assert text.startswith("a photo of a") and not set(text.split()) & set(COLORS)
+        a, b = render_training(scene, seed), render_training(scene, seed)
+        assert np.array_equal(np.asarray(a), np.asarray(b))  # the paint is the seed's: any process draws it
+        # Not the object in any one colour: several colours on the same pose and background.
+        for color in COLORS:
+            one = render(dataclasses.replace(scene, color=color), 48, seed=seed)
+            assert not np.array_equal(np.asarray(a), np.asarray(one)), color
+
+
 def test_tokenizer_keeps_words_and_rare_tokens_whole(tmp_path: Path) -> None:
     from transformers import CLIPTokenizer
 
@@ -114,11 +141,12 @@ def test_prompt_fidelity_of_clean_renders_is_one() -> None:
 def test_pretrain_smoke_writes_a_loadable_sd1_folder(tmp_path: Path) -> None:
     from boothkit.families import load_model
 
-    settings = PretrainSettings(**TINY, decoder_steps=2)
+    settings = PretrainSettings(**TINY, decoder_steps=2, decoder_multicolor_share=0.5)
     out = pretrain(tmp_path / "model", settings, log=lambda _line: None)
     assert (out / "model_index.json").exists()
     log = (out / "pretrain_log.txt").read_text()
     assert "eval step 2" in log and "decoder step 2/2" in log and "decoder refined" in log
+    assert '"multicolor_share": 0.5' in log
     assert "pool: 6 renders encoded" in log
     meta = json.loads((out / "boothkit_toyworld.json").read_text())
     assert meta["decoder_refinement_steps"] == 2
@@ -275,6 +303,21 @@ def test_weighted_reconstruction_loss_favours_object_pixels() -> None:
     )
 
 
+def test_refine_decoder_cli_refuses_a_share_out_of_range(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from boothkit.cli import main
+
+    model = tmp_path / "model"
+    (model / "vae").mkdir(parents=True)
+    (model / "vae" / "config.json").write_text("{}")
+    argv = ["toyworld", "refine-decoder", "--model", str(model), "--multicolor-share", "1.5"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--multicolor-share 1.5" in err and "Traceback" not in err
+    assert sorted(p.name for p in model.rglob("*")) == ["config.json", "vae"]  # nothing touched
+
+
 def test_refine_decoder_cli_refuses_a_folder_without_a_vae(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -382,7 +425,10 @@ def test_shipped_model_through_the_generate_and_grid_commands(tmp_path: Path) ->
     assert grid.is_file()
 
 
-@pytest.mark.parametrize(("flag", "value"), [("--high-noise-share", "1.5"), ("--high-noise-from", "1000")])
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--high-noise-share", "1.5"), ("--high-noise-from", "1000"), ("--decoder-multicolor-share", "-0.5")],
+)
 def test_pretrain_cli_refuses_timestep_settings_out_of_range(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str, value: str
 ) -> None:

@@ -6,6 +6,7 @@ import itertools
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from boothkit.toyworld import (
     BENCH_SUBJECTS,
@@ -22,7 +23,7 @@ from boothkit.toyworld import (
     render_subject,
 )
 from boothkit.toyworld.oracles import blendable_pairs
-from boothkit.toyworld.render import coverage
+from boothkit.toyworld.render import OBJECT_RGB, coverage
 from boothkit.toyworld.subjects import INSTANCE_BACKGROUNDS
 
 
@@ -89,3 +90,53 @@ def test_render_subject_is_deterministic_and_checks_its_class() -> None:
     other_shape = next(s for s in SHAPES if s != subject.shape)
     with pytest.raises(ValueError, match=subject.shape):
         render_subject(subject, Scene(other_shape, None, "small", "top", "gray"))
+
+
+def test_multicolor_paints_are_never_a_subjects_look_and_are_seeded() -> None:
+    import random
+
+    from boothkit.toyworld.subjects import multicolor_paint
+
+    looks = {(s.shape, frozenset(s.colors)) for s in SUBJECTS.values()}
+    rng = random.Random(0)
+    seen_kinds = set()
+    for i in range(600):
+        shape = SHAPES[i % len(SHAPES)]
+        _, colors = multicolor_paint(rng, shape)
+        assert len(set(colors)) == len(colors) >= 2 and set(colors) <= set(COLORS)
+        assert (shape, frozenset(colors)) not in looks
+        seen_kinds.add(len(colors))
+    assert seen_kinds == {2, 3}  # two-colour splits and emblems, three-colour rings
+    # The subjects' own colours do occur, on other shapes: the decoder learns colours, not subjects.
+    first = SUBJECTS[BENCH_SUBJECTS[0]]
+    assert any(set(multicolor_paint(random.Random(k), "circle")[1]) == set(first.colors) for k in range(2000))
+    x, y = np.meshgrid(np.linspace(-1, 1, 9), np.linspace(-1, 1, 9))
+    a = multicolor_paint(random.Random(5), "star")[0](x.ravel(), y.ravel())
+    b = multicolor_paint(random.Random(5), "star")[0](x.ravel(), y.ravel())
+    assert np.array_equal(a, b)
+
+
+def test_decoder_batches_paint_the_asked_share_in_several_colours() -> None:
+    import random
+
+    from boothkit.toyworld.pretrain import RESOLUTION, render_batch_with_masks, training_scene
+
+    # Share 0 is the one-colour world, render for render.
+    images, masks = render_batch_with_masks(random.Random(3), 4)
+    rng = random.Random(3)
+    for image, mask in zip(images, masks, strict=True):
+        scene, seed = training_scene(rng), rng.randrange(1 << 30)
+        assert np.array_equal(np.asarray(image), np.asarray(render(scene, size=RESOLUTION, seed=seed)))
+        assert np.allclose(mask[0].numpy(), coverage(scene.shape, placement(scene, seed), RESOLUTION))
+
+    def colours_inside(image: Image.Image, mask: np.ndarray) -> int:
+        pixels = np.asarray(image, dtype=np.int32)[mask > 0.99]
+        palette = np.asarray(list(OBJECT_RGB.values()))
+        nearest = np.abs(pixels[:, None] - palette[None]).sum(axis=2)
+        return len({int(k) for k, d in zip(nearest.argmin(1), nearest.min(1), strict=True) if d < 30})
+
+    images, masks = render_batch_with_masks(random.Random(4), 24, multicolor_share=1.0)
+    counts = [colours_inside(im, m[0].numpy()) for im, m in zip(images, masks, strict=True)]
+    assert sum(c >= 2 for c in counts) >= 20, counts
+    images, masks = render_batch_with_masks(random.Random(4), 24, multicolor_share=0.0)
+    assert all(colours_inside(im, m[0].numpy()) <= 1 for im, m in zip(images, masks, strict=True))

@@ -28,6 +28,7 @@ run therefore leaves a usable model.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import random
@@ -43,7 +44,7 @@ from PIL import Image
 
 from boothkit.losses import compute_snr, min_snr_weights, training_target
 from boothkit.toyworld.oracles import measure
-from boothkit.toyworld.render import coverage, placement, render
+from boothkit.toyworld.render import coverage, placement, render, render_pattern
 from boothkit.toyworld.scene import (
     BACKGROUND_PHRASES,
     BACKGROUNDS,
@@ -56,6 +57,7 @@ from boothkit.toyworld.scene import (
     caption,
     vocabulary,
 )
+from boothkit.toyworld.subjects import multicolor_paint
 
 RESOLUTION = 48  # the oracles read 99% of 48 px renders right even at half resolution; 32 px: 58%
 MAX_TOKENS = 32  # the longest caption is 19 tokens with its start and end markers
@@ -108,7 +110,14 @@ class PretrainSettings:
     eval_steps: int = 20
     guidance: float = 5.0
     max_minutes: float | None = None  # stop the UNet phase after this long (the VAE phase is separate)
+    # Share of the UNet's training objects painted in several colours and captioned without a colour
+    # word (never a subject's look): a model that never saw a multi-colour object cannot learn one
+    # from a few photos, as a real base model has seen every kind of look before DreamBooth.
+    multicolor_share: float = 0.0
     decoder_steps: int = 0  # decoder-only refinement after the UNet phase (encoder frozen)
+    # Share of the decoder refinement's objects painted in several colours (never a subject's look):
+    # a decoder that saw one-colour objects only blurs a subject's colour regions into one.
+    decoder_multicolor_share: float = 0.0
     device: str = "cpu"
     seed: int = 0
     threads: int | None = None
@@ -196,9 +205,9 @@ def training_caption(scene: Scene, rng: random.Random, settings: PretrainSetting
     keep = [
         a for a in ("size", "color", "position", "background") if rng.random() >= settings.attribute_dropout
     ]
-    if len(keep) == 4:
+    if len(keep) == 4 and scene.color is not None:
         return caption(scene)
-    return partial_caption(scene, keep)
+    return partial_caption(scene, keep)  # a multi-colour object (no colour) is never given a colour word
 
 
 def tokenizer_corpus() -> list[str]:
@@ -227,28 +236,58 @@ def to_images(batch: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray(a) for a in array]
 
 
-def draw_batch(rng: random.Random, n: int) -> list[tuple[Scene, int]]:
-    """``n`` training scenes and their render seeds, drawn in :func:`render_batch`'s order."""
+def draw_batch(rng: random.Random, n: int, multicolor_share: float = 0.0) -> list[tuple[Scene, int]]:
+    """``n`` training scenes and their render seeds, drawn in :func:`render_batch`'s order.
+
+    A ``multicolor_share`` of the scenes lose their colour (``color=None``): :func:`render_training`
+    paints those objects in several colours and :func:`training_caption` says no colour for them.
+    """
     scenes = [training_scene(rng) for _ in range(n)]
+    if multicolor_share > 0:
+        scenes = [
+            dataclasses.replace(scene, color=None) if rng.random() < multicolor_share else scene
+            for scene in scenes
+        ]
     return [(scene, rng.randrange(1 << 30)) for scene in scenes]
+
+
+def render_training(scene: Scene, seed: int) -> Image.Image:
+    """A training render: the scene as drawn, or, for a scene without a colour, its shape painted
+    in several colours (``subjects.multicolor_paint`` seeded by ``seed``; never a subject's look)."""
+    if scene.color is None:
+        paint, _ = multicolor_paint(random.Random(seed), scene.shape)
+        return render_pattern(scene, paint, RESOLUTION, seed=seed)
+    return render(scene, size=RESOLUTION, seed=seed)
 
 
 def render_drawn(drawn: Sequence[tuple[Scene, int]]) -> list[np.ndarray]:
     """The renders of drawn (scene, seed) pairs as (H, W, 3) uint8 arrays (pure: any process)."""
-    return [np.asarray(render(scene, size=RESOLUTION, seed=seed)) for scene, seed in drawn]
+    return [np.asarray(render_training(scene, seed)) for scene, seed in drawn]
 
 
-def render_batch(rng: random.Random, n: int) -> tuple[list[Scene], list[Image.Image]]:
-    drawn = draw_batch(rng, n)
-    return [scene for scene, _ in drawn], [render(s, size=RESOLUTION, seed=seed) for s, seed in drawn]
+def render_batch(
+    rng: random.Random, n: int, multicolor_share: float = 0.0
+) -> tuple[list[Scene], list[Image.Image]]:
+    drawn = draw_batch(rng, n, multicolor_share)
+    return [scene for scene, _ in drawn], [render_training(s, seed) for s, seed in drawn]
 
 
-def render_batch_with_masks(rng: random.Random, n: int) -> tuple[list[Image.Image], torch.Tensor]:
-    """Fresh renders and, per image, the object's pixel coverage (N, 1, H, W) in 0..1."""
+def render_batch_with_masks(
+    rng: random.Random, n: int, multicolor_share: float = 0.0
+) -> tuple[list[Image.Image], torch.Tensor]:
+    """Fresh renders and, per image, the object's pixel coverage (N, 1, H, W) in 0..1.
+
+    A ``multicolor_share`` of the objects is painted with ``subjects.multicolor_paint`` instead of
+    the scene's one colour (the decoder's data; never a subject's look).
+    """
     images, masks = [], []
     for _ in range(n):
         scene, seed = training_scene(rng), rng.randrange(1 << 30)
-        images.append(render(scene, size=RESOLUTION, seed=seed))
+        if multicolor_share > 0 and rng.random() < multicolor_share:
+            paint, _ = multicolor_paint(rng, scene.shape)
+            images.append(render_pattern(scene, paint, RESOLUTION, seed=seed))
+        else:
+            images.append(render(scene, size=RESOLUTION, seed=seed))
         masks.append(coverage(scene.shape, placement(scene, seed), RESOLUTION))
     return images, torch.from_numpy(np.stack(masks)).float()[:, None]
 
@@ -518,6 +557,7 @@ def refine_decoder(
     lr: float = 5e-4,
     batch_size: int = 32,
     object_weight: float = 10.0,
+    multicolor_share: float = 0.0,
     device: str = "cpu",
     seed: int = 1,
     log: Callable[[str], None] = print,
@@ -529,7 +569,9 @@ def refine_decoder(
     The encoder (the latent space the UNet learned) is frozen, so this can run after, or beside,
     UNet training and the refined decoder can replace the old one in a finished model. Objects
     cover a few percent of the pixels and are what blur first (a blurred star reads as a circle),
-    so their pixels weigh ``1 + object_weight`` in the loss. ``save`` is called with the VAE after
+    so their pixels weigh ``1 + object_weight`` in the loss. A ``multicolor_share`` of the objects
+    is painted in several colours (``render_batch_with_masks``), so the decoder learns to keep a
+    subject's colour regions apart. ``save`` is called with the VAE after
     every evaluation that is the best so far.
     """
     rng = random.Random(seed)
@@ -544,7 +586,7 @@ def refine_decoder(
     best, _ = _vae_check(vae.eval(), device)
     log(f"decoder step 0/{steps}: reconstruction fidelity {best:.3f}")
     for step in range(1, steps + 1):
-        images, masks = render_batch_with_masks(rng, batch_size)
+        images, masks = render_batch_with_masks(rng, batch_size, multicolor_share)
         x = to_tensor(images).to(device)
         with torch.no_grad():
             z = vae.encode(x).latent_dist.sample(generator=noise)
@@ -658,10 +700,10 @@ class LatentPool:
 
 @torch.no_grad()
 def fresh_latents(
-    vae: Any, rng: random.Random, n: int, scaling: float, device: str
+    vae: Any, rng: random.Random, n: int, scaling: float, device: str, multicolor_share: float = 0.0
 ) -> tuple[list[Scene], torch.Tensor]:
     """``n`` new renders and a latent sample of each, scaled: the data without a pool."""
-    scenes, images = render_batch(rng, n)
+    scenes, images = render_batch(rng, n, multicolor_share)
     return scenes, vae.encode(to_tensor(images).to(device)).latent_dist.sample() * scaling
 
 
@@ -722,7 +764,14 @@ def caption_ids(tokenizer: Any, texts: Sequence[str]) -> torch.Tensor:
 
 @torch.no_grad()
 def encode_pool(
-    vae: Any, n: int, rng: random.Random, device: str, *, batch_size: int = 64, workers: int = 0
+    vae: Any,
+    n: int,
+    rng: random.Random,
+    device: str,
+    *,
+    batch_size: int = 64,
+    workers: int = 0,
+    multicolor_share: float = 0.0,
 ) -> LatentPool:
     """``n`` fresh training renders encoded once: their scenes and the posteriors' means and stds.
 
@@ -735,7 +784,9 @@ def encode_pool(
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
-    batches = [draw_batch(rng, min(batch_size, n - start)) for start in range(0, n, batch_size)]
+    batches = [
+        draw_batch(rng, min(batch_size, n - start), multicolor_share) for start in range(0, n, batch_size)
+    ]
     scenes: list[Scene] = []
     means, stds = [], []
 
@@ -765,6 +816,12 @@ def check_sources(settings: PretrainSettings) -> None:
         raise BoothkitError(f"--high-noise-share {settings.high_noise_share}: a share between 0 and 1")
     if not 0 <= settings.high_noise_from <= 999:
         raise BoothkitError(f"--high-noise-from {settings.high_noise_from}: a timestep from 0 to 999")
+    if not 0.0 <= settings.multicolor_share <= 1.0:
+        raise BoothkitError(f"--multicolor-share {settings.multicolor_share}: a share between 0 and 1")
+    if not 0.0 <= settings.decoder_multicolor_share <= 1.0:
+        raise BoothkitError(
+            f"--decoder-multicolor-share {settings.decoder_multicolor_share}: a share between 0 and 1"
+        )
 
     hint = "pass a model folder written by boothkit toyworld pretrain (e.g. src/boothkit/toyworld/model)"
     if settings.vae_from:
@@ -855,7 +912,9 @@ def pretrain(
     pool: LatentPool | None = None
     if s.pool > 0:
         pool_start = time.time()
-        pool = encode_pool(vae, s.pool, rng, device, workers=pool_workers(s.workers))
+        pool = encode_pool(
+            vae, s.pool, rng, device, workers=pool_workers(s.workers), multicolor_share=s.multicolor_share
+        )
         say(f"pool: {s.pool} renders encoded [{time.time() - pool_start:.0f} s]")
     phase_start = time.time()
     best = -1.0
@@ -868,7 +927,7 @@ def pretrain(
         if pool is not None:
             scenes, latents = pool.sample(rng, s.batch_size, scaling)
         else:
-            scenes, latents = fresh_latents(vae, rng, s.batch_size, scaling, device)
+            scenes, latents = fresh_latents(vae, rng, s.batch_size, scaling, device, s.multicolor_share)
         ids = caption_ids(tokenizer, [training_caption(sc, rng, s) for sc in scenes])
         loss = diffusion_loss(
             unet, text_encoder, ids, latents, noise_sched, s.snr_gamma, s.high_noise_share, s.high_noise_from
@@ -911,7 +970,7 @@ def pretrain(
     if s.decoder_steps > 0:
         # The same as `boothkit toyworld refine-decoder --model OUT` afterwards (or beside phase 2):
         # the encoder is frozen from here on, so the UNet's latent space does not move.
-        refine_model_decoder(out, s.decoder_steps, log=log)
+        refine_model_decoder(out, s.decoder_steps, multicolor_share=s.decoder_multicolor_share, log=log)
     say(
         f"done: kept step {best_step} ({s.keep}), held-out fidelity {best:.3f}; total {(time.time() - started) / 60:.1f} min"
     )
@@ -1014,7 +1073,6 @@ def pretrain_curriculum(
     last one becomes ``output`` with every phase's log in its ``pretrain_log.txt``, and the phase
     folders are removed.
     """
-    import dataclasses
     import shutil
 
     from boothkit.errors import BoothkitError

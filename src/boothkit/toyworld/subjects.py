@@ -22,7 +22,7 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from boothkit.toyworld.render import OBJECT_RGB, FloatArray, Pattern, render_pattern
-from boothkit.toyworld.scene import POSITIONS, SIZES, Scene
+from boothkit.toyworld.scene import COLORS, POSITIONS, SIZES, Scene
 
 # Backgrounds of the instance photos: plain, like a person photographing an object on a table.
 INSTANCE_BACKGROUNDS: tuple[str, ...] = ("gray", "pink", "sky")
@@ -183,3 +183,46 @@ def instance_images(subject: Subject, n: int = 5, size: int = 64) -> list[Image.
     return [
         render_subject(subject, scene, size, seed=i) for i, scene in enumerate(instance_scenes(subject, n))
     ]
+
+
+# --------------------------------------------------------------------------- decoder training paints
+
+
+def _rotated(pattern: Pattern, angle: float) -> Pattern:
+    c, s = np.cos(angle), np.sin(angle)
+
+    def paint(x: FloatArray, y: FloatArray) -> FloatArray:
+        return pattern(c * x - s * y, s * x + c * y)
+
+    return paint
+
+
+def _is_subject_look(shape: str, colors: tuple[str, ...]) -> bool:
+    return any(s.shape == shape and set(s.colors) == set(colors) for s in SUBJECTS.values())
+
+
+def multicolor_paint(rng: random.Random, shape: str) -> tuple[Pattern, tuple[str, ...]]:
+    """A random multi-colour paint for a ``shape``, never with a subject's (shape, colour set).
+
+    For the VAE's decoder only (``pretrain.refine_decoder``): ordinary scenes are one colour, so a
+    decoder trained on them alone blurs a subject's colour regions into one. These paints teach
+    it to keep regions and seams in general: halves split at any angle, a disc emblem of any size
+    and offset, rings, rotated quadrants, in any colours. A subject's own colours never appear on
+    its own shape, and the UNet never sees any of these (its data stays one colour).
+    """
+    kind = rng.choice(("halves", "disc", "rings", "quadrants"))
+    while True:
+        colors = tuple(rng.sample(COLORS, 3 if kind == "rings" else 2))
+        if not _is_subject_look(shape, colors):
+            break
+    angle = rng.uniform(0.0, 2 * np.pi)
+    if kind == "halves":
+        pattern = _rotated(_halves(colors[0], colors[1]), angle)
+    elif kind == "quadrants":
+        pattern = _rotated(_quadrants(colors[0], colors[1]), angle)
+    elif kind == "disc":
+        pattern = _disc(colors[0], colors[1], rng.uniform(0.3, 0.6), dy=rng.uniform(-0.2, 0.2))
+    else:
+        r1 = rng.uniform(0.25, 0.45)
+        pattern = _rings(colors[0], colors[1], colors[2], r1, r1 + rng.uniform(0.2, 0.35))
+    return pattern, colors
