@@ -82,9 +82,10 @@ class PretrainSettings:
     lr: float = 1e-3
     vae_lr: float = 1e-3
     width: int = 32  # channels of the first UNet block; the others are 2x, 3x (and 4x)
-    # The defaults are v1's first phase. The shipped model (v2) continues v1 through a curriculum of
-    # these fields (schedule, high_noise_share, high_noise_from, keep, ema_decay, pool, seed, lr):
-    # CURRICULA["v2"] below, `toyworld pretrain --curriculum v2`; its log has each phase. levels=4 and pooled_text are an alternative layout,
+    # The defaults are v1's first phase. The shipped model (v3) continues v1 through a curriculum of
+    # these fields (schedule, high_noise_share, high_noise_from, keep, ema_decay, pool, seed, lr,
+    # multicolor_share, decoder_*): CURRICULA["v3"] below, `toyworld pretrain --curriculum v3`; its
+    # log has each phase. levels=4 and pooled_text are an alternative layout,
     # measured on CPU in BENCHMARKS.md and not better at equal steps.
     levels: int = 3  # UNet resolutions: 3 is 24, 12, 6 latent pixels; 4 adds 3x3, the caption's grid
     pooled_text: bool = False  # the caption, attention-pooled, also joins the UNet's time embedding
@@ -994,7 +995,7 @@ def shipped_model_dir() -> Path:
 
 # --------------------------------------------------------------------------- curriculum
 
-# The shipped model (v2) in one command: v1's recipe, then the zero-SNR phases that taught it position
+# The v2 model in one command: v1's recipe, then the zero-SNR phases that taught it position
 # words (BENCHMARKS.md, "the noise schedule"). Each phase continues the previous one's folder with a
 # fresh optimizer; its fields replace the command line's. The minute limits are the CPU runs'; a GPU
 # reaches the step counts first.
@@ -1056,6 +1057,28 @@ CURRICULA: dict[str, tuple[tuple[str, dict[str, Any]], ...]] = {
         ),
     ),
 }
+
+# The shipped model (v3): v2, its decoder refined with multi-colour objects after F, then phase G with
+# a quarter of the UNet's objects multi-coloured (captioned without a colour word).
+CURRICULA["v3"] = (
+    *CURRICULA["v2"][:-1],
+    ("F", {**CURRICULA["v2"][-1][1], "decoder_steps": 1200, "decoder_multicolor_share": 0.5}),
+    (
+        "G",
+        {
+            "schedule": "zero-snr",
+            "high_noise_share": 0.25,
+            "high_noise_from": 999,
+            "pool": 16000,
+            "seed": 3,
+            "lr": 5e-4,
+            "steps": 4000,
+            "max_minutes": 20.0,
+            "eval_every": 250,
+            "multicolor_share": 0.25,
+        },
+    ),
+)
 
 
 def pretrain_curriculum(
