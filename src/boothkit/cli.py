@@ -395,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.add_argument("--output", default="runs/demo")
     d.add_argument("--subject", default="target_circle", help="toy-world subject to learn")
-    d.add_argument("--steps", type=int, default=600)
+    d.add_argument("--steps", type=int, default=400, help="LoRA training steps (default 400)")
     d.set_defaults(func=_demo)
 
     tw = sub.add_parser("toyworld", help="the toy world: pretrain its base model, run the DreamBooth bench")
