@@ -205,18 +205,14 @@ def _toyworld_refine(ns: argparse.Namespace) -> int:
     _disable_load_bars()
     from pathlib import Path
 
-    from boothkit.toyworld.pretrain import refine_model_decoder
+    from boothkit.toyworld.pretrain import check_share, refine_model_decoder
 
     model = Path(ns.model)
     if not (model / "vae" / "config.json").is_file():
         raise BoothkitError(
             f"--model {model}: no vae/ folder here", hint="pass a folder written by toyworld pretrain"
         )
-    if not 0.0 <= ns.multicolor_share <= 1.0:
-        raise BoothkitError(
-            f"--multicolor-share {ns.multicolor_share}: must be between 0 and 1",
-            hint="e.g. 0.5 paints half of the training objects in several colours",
-        )
+    check_share("--multicolor-share", ns.multicolor_share)
     refine_model_decoder(
         model,
         ns.steps,

@@ -808,21 +808,23 @@ def encode_pool(
     return LatentPool(scenes, torch.cat(means), torch.cat(stds))
 
 
+def check_share(flag: str, value: float) -> None:
+    """Refuse a share (``flag``'s value) outside 0..1."""
+    from boothkit.errors import BoothkitError
+
+    if not 0.0 <= value <= 1.0:
+        raise BoothkitError(f"{flag} {value}: a share between 0 and 1")
+
+
 def check_sources(settings: PretrainSettings) -> None:
     """Refuse --vae-from / --init-from folders that hold no toy model, and timestep settings out of
     range, before anything is written."""
     from boothkit.errors import BoothkitError
 
-    if not 0.0 <= settings.high_noise_share <= 1.0:
-        raise BoothkitError(f"--high-noise-share {settings.high_noise_share}: a share between 0 and 1")
+    for name in ("high_noise_share", "multicolor_share", "decoder_multicolor_share"):
+        check_share(f"--{name.replace('_', '-')}", getattr(settings, name))
     if not 0 <= settings.high_noise_from <= 999:
         raise BoothkitError(f"--high-noise-from {settings.high_noise_from}: a timestep from 0 to 999")
-    if not 0.0 <= settings.multicolor_share <= 1.0:
-        raise BoothkitError(f"--multicolor-share {settings.multicolor_share}: a share between 0 and 1")
-    if not 0.0 <= settings.decoder_multicolor_share <= 1.0:
-        raise BoothkitError(
-            f"--decoder-multicolor-share {settings.decoder_multicolor_share}: a share between 0 and 1"
-        )
 
     hint = "pass a model folder written by boothkit toyworld pretrain (e.g. src/boothkit/toyworld/model)"
     if settings.vae_from:
