@@ -75,3 +75,24 @@ def test_bank_generates_once_resumes_and_is_deterministic(tiny_model, tmp_path: 
     assert counting.images == 8 and more[2].read_bytes() == first[2] and more[4].is_file()
     other = dataclasses.replace(key, guidance=3.0)
     assert bank_dir(other, tmp_path) != bank_dir(key, tmp_path)
+
+
+def test_several_prompts_are_used_in_turn_and_one_prompt_keeps_its_digest(tiny_model, tmp_path: Path) -> None:
+    # One prompt: the digest is the one banks were made under before several prompts existed.
+    assert KEY.prompts() == ["a photo of dog"] and KEY.prompt_of(5) == "a photo of dog"
+    model = load_model(str(tiny_model("sd1")))
+    pipe = model.pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    asked: list[str] = []
+
+    def recording(prompts, **kw):
+        asked.extend(prompts)
+        return pipe(prompts, **kw)
+
+    key = dataclasses.replace(
+        KEY, model=model.source.fingerprint, prompt="a photo of dog on grass\na photo of dog in snow"
+    )
+    paths = ensure_class_images(recording, key, 3, root=tmp_path, batch_size=2, progress=False)
+    assert asked == ["a photo of dog on grass", "a photo of dog in snow", "a photo of dog on grass"]
+    assert [key.prompt_of(i) for i in range(3)] == asked and len(paths) == 3
+    assert key.digest() != dataclasses.replace(key, prompt="a photo of dog on grass").digest()

@@ -268,3 +268,50 @@ def test_rejected_photo_stops_before_the_model_loads_unless_skip_invalid(
     assert "broken.jpg" not in " ".join(
         json.loads((result.output / "summary.json").read_text())["instance_images"]
     )
+
+
+def _prior_prompts(config: TrainConfig) -> list[str]:
+    from boothkit.train import check_instance_images, prepare
+
+    run = prepare(config, None, lambda s: None, check_instance_images(config))
+    (priors,) = run.priors.values()  # one size: no buckets
+    return [item.prompt for item in priors]
+
+
+def test_class_prompts_are_used_in_turn_and_each_class_image_trains_on_its_own(
+    tiny_model, photos, tmp_path
+) -> None:
+    path = tiny_model("sd1")
+    prompts = ("a photo of {class_noun} on grass", "a photo of {class_noun} in snow")
+    cfg = _config(path, photos, tmp_path / "r", class_images=3, class_prompts=prompts)
+    assert _prior_prompts(cfg) == [
+        "a photo of dog on grass",
+        "a photo of dog in snow",
+        "a photo of dog on grass",
+    ]
+    # The default stays one prompt for every class image.
+    assert set(_prior_prompts(_config(path, photos, tmp_path / "s", class_images=3))) == {"a photo of dog"}
+    # A full run with them trains and writes its config with the prompts.
+    result = train(cfg, progress=False, log=lambda s: None)
+    assert "class_prompts" in (result.output / "config.toml").read_text()
+
+
+def test_captioned_class_dir_images_train_on_their_captions(tiny_model, photos, tmp_path) -> None:
+    path = tiny_model("sd1")
+    class_dir = make_photos(tmp_path / "dogs", n=2)
+    (class_dir / "photo_0.txt").write_text("a photo of a {class_noun} on a beach\n")
+    cfg = _config(path, photos, tmp_path / "r", class_dir=str(class_dir))
+    assert sorted(_prior_prompts(cfg)) == ["a photo of a dog on a beach", "a photo of dog"]
+
+
+def test_class_prompts_and_class_dir_together_are_refused(tiny_model, photos, tmp_path) -> None:
+    with pytest.raises(BoothkitError, match="--class-prompts .* --class-dir"):
+        _config(
+            tiny_model("sd1"),
+            photos,
+            tmp_path / "r",
+            class_dir=str(photos),
+            class_prompts=("a {class_noun}",),
+        )
+    with pytest.raises(BoothkitError, match="one-line prompt"):
+        _config(tiny_model("sd1"), photos, tmp_path / "r", class_prompts=("  ",))

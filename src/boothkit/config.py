@@ -57,6 +57,11 @@ class TrainConfig:
         "prompt template for instance images", default="a photo of {token} {class_noun}"
     )
     class_prompt: str = _opt("prompt for class (prior) images", default="a photo of {class_noun}")
+    class_prompts: tuple[str, ...] = _opt(
+        "several prompts for class images, used in turn (e.g. the contexts your captions name: "
+        "'a photo of {class_noun} on a beach'); each class image trains on its own prompt",
+        default=(),
+    )
     model_config: str | None = _opt(
         "for a single-file checkpoint: diffusers folder or hub id holding the matching configs", default=None
     )
@@ -204,6 +209,14 @@ def _validate(c: TrainConfig) -> None:
         )
     if c.prior and c.class_dir is None and c.class_images == 0:
         raise BoothkitError("--class-images must be > 0 with prior preservation on (or pass --no-prior)")
+    if c.class_prompts and c.class_dir is not None:
+        raise BoothkitError(
+            "--class-prompts generates class images and --class-dir brings your own: pass one of them",
+            hint="to give your own class images prompts, put a name.txt caption beside each image",
+        )
+    for prompt in c.class_prompts:
+        if not prompt.strip() or "\n" in prompt:
+            raise BoothkitError(f"--class-prompts: {prompt!r} is not a one-line prompt")
     for name in ("text_encoder_fraction", "ti_fraction"):
         if not 0 <= getattr(c, name) <= 1:
             raise BoothkitError(f"--{flag_name(name)} must be between 0 and 1, got {getattr(c, name)}")

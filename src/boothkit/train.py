@@ -174,10 +174,34 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def class_images(config: TrainConfig, model: Family, resolution: int) -> list[Path]:
-    """The prior-preservation images: the user's own folder, or the bank (generated as needed)."""
+def class_prompt_cycle(config: TrainConfig, token: str) -> list[str]:
+    """The prompts generated class images use in turn: --class-prompts, else the one --class-prompt."""
     from boothkit.data.captions import render_prompt
 
+    templates = config.class_prompts or (config.class_prompt,)
+    return [render_prompt(t, token=token, class_noun=config.class_noun) for t in templates]
+
+
+def prior_prompts(config: TrainConfig, token: str, prior_paths: list[Path]) -> list[str]:
+    """The prompt each class image trains on.
+
+    Your own class images may be captioned like instance photos (name.txt, metadata.jsonl), and
+    generated ones keep the prompt they were made from, so the prior loss holds the class noun in
+    the same contexts the instance captions name ("a photo of a dog on a beach").
+    """
+    if config.class_dir:
+        from boothkit.data.captions import instance_prompts
+
+        folder = Path(config.class_dir).expanduser()
+        return instance_prompts(
+            prior_paths, folder, template=config.class_prompt, token=token, class_noun=config.class_noun
+        )
+    cycle = class_prompt_cycle(config, token)
+    return [cycle[i % len(cycle)] for i in range(len(prior_paths))]
+
+
+def class_images(config: TrainConfig, model: Family, resolution: int) -> list[Path]:
+    """The prior-preservation images: the user's own folder, or the bank (generated as needed)."""
     if config.class_dir:
         from boothkit.data.images import check_folder
 
@@ -190,7 +214,7 @@ def class_images(config: TrainConfig, model: Family, resolution: int) -> list[Pa
 
     key = BankKey(
         model=model.source.fingerprint,
-        prompt=render_prompt(config.class_prompt, token=config.token, class_noun=config.class_noun),
+        prompt="\n".join(class_prompt_cycle(config, config.token)),
         negative_prompt=config.class_negative,
         resolution=resolution,
         sampler=type(model.pipeline().scheduler).__name__,
@@ -244,7 +268,7 @@ def prepare(config: TrainConfig, model: Family | None, log: Callable[[str], None
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
-    from boothkit.data.captions import instance_prompts, render_prompt
+    from boothkit.data.captions import instance_prompts
     from boothkit.data.images import parse_color
 
     out = Path(config.output).expanduser()
@@ -289,7 +313,7 @@ def prepare(config: TrainConfig, model: Family | None, log: Callable[[str], None
     prompts = instance_prompts(
         images, folder, template=config.instance_prompt, token=token, class_noun=config.class_noun
     )
-    class_prompt = render_prompt(config.class_prompt, token=token, class_noun=config.class_noun)
+    class_prompts = prior_prompts(config, token, prior_paths)
     bg = parse_color(config.alpha_background)
     sizes = (
         bucket_sizes(images, resolution, bg) if config.buckets else [(resolution, resolution)] * len(images)
@@ -312,7 +336,7 @@ def prepare(config: TrainConfig, model: Family | None, log: Callable[[str], None
             size: encode_images(
                 model,
                 prior_paths,
-                [class_prompt] * len(prior_paths),
+                class_prompts,
                 is_prior=True,
                 resolution=resolution,
                 flip=False,
@@ -324,7 +348,7 @@ def prepare(config: TrainConfig, model: Family | None, log: Callable[[str], None
         if prior_paths
         else {}
     )
-    embeddings = {} if method.trains_text_encoder else encode_prompt_set(model, [*prompts, class_prompt])
+    embeddings = {} if method.trains_text_encoder else encode_prompt_set(model, [*prompts, *class_prompts])
     if config.gradient_checkpointing:
         model.unet.enable_gradient_checkpointing()
         if method.trains_text_encoder:
