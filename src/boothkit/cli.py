@@ -244,6 +244,8 @@ def _toyworld_bench(ns: argparse.Namespace) -> int:
         changes["seeds"] = tuple(range(ns.seeds))
     if ns.class_images is not None:
         changes["class_images"] = ns.class_images
+    if ns.no_captions:
+        changes["captions"] = False
     run_bench(ns.output, replace(settings, **changes), progress=not ns.quiet)
     print(f"wrote {ns.output}/bench.md, bench.json, index.html")
     return 0
@@ -542,6 +544,11 @@ def build_parser() -> argparse.ArgumentParser:
     tb.add_argument("--steps", type=int, default=None, help="training steps for every method")
     tb.add_argument("--seeds", type=int, default=None, help="seeds per prompt")
     tb.add_argument("--class-images", dest="class_images", type=int, default=None)
+    tb.add_argument(
+        "--no-captions",
+        action="store_true",
+        help="one prompt for every instance photo and every class image (the protocol before 2026-12-05)",
+    )
     tb.add_argument("--quick", action="store_true", help="1 subject, LoRA with prior, few steps: a smoke run")
     tb.add_argument("--device", default="cpu")
     tb.set_defaults(func=_toyworld_bench)

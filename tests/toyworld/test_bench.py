@@ -137,3 +137,46 @@ def test_bench_quick_end_to_end_through_the_cli(tmp_path: Path) -> None:
     assert [(r["method"], r["prior"]) for r in payload["results"]] == [("lora", True)]
     assert (out / "bench.md").read_text().count("\n") == 3
     assert (out / "index.html").exists() and list((out / "grids").glob("*.png"))
+
+
+def test_instance_photos_are_captioned_with_their_context_and_class_prompts_vary_it(tmp_path: Path) -> None:
+    from boothkit.data.captions import instance_prompts
+    from boothkit.toyworld.bench import class_context_prompts, train_config, write_instance_images
+    from boothkit.toyworld.scene import parse_caption, parse_subject_token
+    from boothkit.toyworld.subjects import instance_scenes
+
+    folder = write_instance_images(SUBJECT, tmp_path / "photos")
+    photos = sorted(folder.glob("*.png"))
+    prompts = instance_prompts(photos, folder, template="unused", token=TOKEN, class_noun=SUBJECT.shape)
+    # Each photo's caption is its own scene, with the token where a colour word would be.
+    assert [parse_caption(p) for p in prompts] == instance_scenes(SUBJECT, len(photos))
+    assert {parse_subject_token(p) for p in prompts} == {TOKEN}
+
+    class_prompts_ = class_context_prompts(SUBJECT.shape, 40)
+    assert len(class_prompts_) == 40 and class_prompts_ == class_context_prompts(SUBJECT.shape, 40)
+    parsed = [parse_caption(p.replace(" circle ", " red circle ")) for p in class_prompts_]
+    assert {s.shape for s in parsed} == {SUBJECT.shape}
+    assert len({(s.size, s.position, s.background) for s in parsed}) > 20
+    settings = BenchSettings(model="m", class_images=40)
+    config = train_config(settings, SUBJECT, "lora", True, folder, tmp_path / "r", tmp_path / "b")
+    assert config.class_prompts == class_prompts_
+
+    # The old protocol: no captions, one class prompt.
+    plain = write_instance_images(SUBJECT, tmp_path / "plain", captions=False)
+    assert not list(plain.glob("*.txt"))
+    off = BenchSettings(model="m", captions=False)
+    assert train_config(off, SUBJECT, "lora", True, plain, tmp_path / "r", tmp_path / "b").class_prompts == ()
+
+
+def test_textual_inversion_runs_are_prompted_with_their_placeholder() -> None:
+    # TI and pivotal learn "<sks>"; prompting them with "sks" would leave the learned embedding unused
+    # (the bench did so before 2026-12-05, and TI scored 0.00).
+    from boothkit.methods.textual_inversion import placeholder_tokens
+    from boothkit.toyworld.bench import method_token
+
+    assert method_token("ti") == method_token("pivotal") == placeholder_tokens(TOKEN, 1)[0] == "<sks>"
+    assert method_token("lora") == method_token("full") == TOKEN
+    scenes = context_scenes(SUBJECT, CONTEXTS[:1])
+    assert subject_prompts(scenes, method_token("ti")) == [
+        "a photo of a large <sks> circle in the top left on a grass background"
+    ]

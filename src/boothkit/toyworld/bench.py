@@ -22,6 +22,7 @@ from __future__ import annotations
 import html
 import itertools
 import json
+import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -33,8 +34,8 @@ from PIL import Image
 
 from boothkit.toyworld.oracles import colour_distribution, colour_drift, is_subject, measure
 from boothkit.toyworld.pretrain import RESOLUTION, generate, partial_caption, shipped_model_dir
-from boothkit.toyworld.scene import Scene, caption
-from boothkit.toyworld.subjects import BENCH_SUBJECTS, SUBJECTS, Subject, instance_images
+from boothkit.toyworld.scene import BACKGROUNDS, POSITIONS, SIZES, Scene, caption
+from boothkit.toyworld.subjects import BENCH_SUBJECTS, SUBJECTS, Subject, instance_images, instance_scenes
 
 METHODS: tuple[str, ...] = ("lora", "full", "ti", "pivotal")
 TOKEN = "sks"
@@ -50,17 +51,16 @@ CONTEXTS: tuple[tuple[str, str, str], ...] = (
 )
 
 # Training settings per method that suit the toy model (CPU minutes, 48 px), measured on the bench
-# (BENCHMARKS.md). LoRA's lr: on v2, 1e-3 keeps the prompt (fidelity 0.94 vs 0.77 at 3e-3, 4 subjects
-# with prior) at the same subject fidelity; 450 or 300 steps at 1e-3 learn less of the subject.
-# On v3, with prior: full at lr 5e-4 and 400 steps learns the subject (0.23 vs 0.04 at 1e-4 and 200)
-# for leakage 0.08 vs 0.04; pivotal at lr 1e-3 keeps the prompt (0.90 vs 0.46 at 3e-3) and
-# leakage 0.02 vs 0.17, for subject fidelity 0.08 vs 0.15. TI at 1000 steps and lr 2e-2 still
-# learns no subject (an embedding alone cannot paint a layout), so it keeps its short default.
+# (BENCHMARKS.md). With captioned photos and class images over varied contexts (2026-12-05), LoRA and
+# pivotal train twice as long at twice the rate: LoRA subject fidelity 0.33 (600 steps, lr 1e-3) ->
+# 0.63 (1,200, 2e-3), pivotal 0.83, leakage 0.00 and prompt fidelity 1.00 throughout; lr 4e-3 loses
+# the prompt (0.08 on split_star), rank 64 too (0.25). Full: lr 5e-4 / 400 steps (v3, uncaptioned:
+# 0.23 vs 0.04 at 1e-4 / 200). TI keeps its short default.
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
-    "lora": {"steps": 600, "lr": 1e-3, "rank": 16},
+    "lora": {"steps": 1200, "lr": 2e-3, "rank": 16},
     "full": {"steps": 400, "lr": 5e-4},
     "ti": {"steps": 300, "lr": 5e-3, "ti_lr": 5e-3},
-    "pivotal": {"steps": 600, "lr": 1e-3, "rank": 16, "ti_lr": 5e-3},
+    "pivotal": {"steps": 1200, "lr": 2e-3, "rank": 16, "ti_lr": 5e-3},
 }
 
 
@@ -75,11 +75,15 @@ class BenchSettings:
     contexts: tuple[tuple[str, str, str], ...] = CONTEXTS
     seeds: tuple[int, ...] = (0, 1, 2)
     steps: int | None = None  # overrides every method's default
-    class_images: int = 50
+    class_images: int = 100  # one per context drawn: the prior covers many contexts
     class_steps: int = 20
     gen_steps: int = 20
     guidance: float = 5.0
     device: str = "cpu"
+    # Captioned instance photos ("a photo of a large sks star in the top left on a sky background")
+    # and class images over varied contexts; False trains every photo on "a photo of a sks star" and
+    # makes every class image from "a photo of a star" (the protocol up to 2026-12-05).
+    captions: bool = True
     overrides: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -129,6 +133,14 @@ def context_scenes(subject: Subject, contexts: Sequence[tuple[str, str, str]]) -
 def subject_prompts(scenes: Sequence[Scene], token: str = TOKEN) -> list[str]:
     """'a photo of a large sks star in the top left on a grass background' per scene."""
     return [caption(s, subject_token=token) for s in scenes]
+
+
+def method_token(method: str, token: str = TOKEN) -> str:
+    """The word that calls the subject up after training: textual inversion and pivotal tuning learn
+    a new placeholder ("<sks>"), which the prompts must use for the learned embedding to apply."""
+    from boothkit.methods.textual_inversion import placeholder_tokens
+
+    return placeholder_tokens(token, 1)[0] if method in ("ti", "pivotal") else token
 
 
 def class_prompts(scenes: Sequence[Scene]) -> list[str]:
@@ -204,12 +216,37 @@ def repeat_scenes(scenes: Sequence[Scene], k: int) -> list[Scene]:
     return [s for s in scenes for _ in range(k)]
 
 
-def write_instance_images(subject: Subject, folder: Path, n: int = 5) -> Path:
-    """The subject's instance photos as PNG files in ``folder``."""
+def write_instance_images(subject: Subject, folder: Path, n: int = 5, *, captions: bool = True) -> Path:
+    """The subject's instance photos as PNG files in ``folder``, each with a caption sidecar.
+
+    The caption names what else is in the photo, as a person captions their photos ("a photo of a
+    large {token} star in the top left on a sky background"), so the token is left with the subject's
+    look alone instead of also absorbing the photos' plain backgrounds and positions.
+    """
     folder.mkdir(parents=True, exist_ok=True)
-    for i, image in enumerate(instance_images(subject, n=n)):
+    scenes = instance_scenes(subject, n)
+    for i, (image, scene) in enumerate(zip(instance_images(subject, n=n), scenes, strict=True)):
         image.save(folder / f"{subject.name}_{i}.png")
+        if captions:
+            (folder / f"{subject.name}_{i}.txt").write_text(caption(scene, subject_token="{token}") + "\n")
     return folder
+
+
+def class_context_prompts(shape: str, n: int, seed: int = 0) -> tuple[str, ...]:
+    """n class prompts over random contexts ("a photo of a small star on the left on a grass background").
+
+    Captioned instance photos put the class noun in contexts, so the prior loss has to hold the
+    class noun in contexts too; drawn from the whole world (any size, position, background), not
+    from the bench's test contexts.
+    """
+    rng = random.Random(seed)
+    return tuple(
+        partial_caption(
+            Scene(shape, None, rng.choice(SIZES), rng.choice(POSITIONS), rng.choice(BACKGROUNDS)),
+            ("size", "position", "background"),
+        )
+        for _ in range(n)
+    )
 
 
 def train_config(
@@ -224,19 +261,18 @@ def train_config(
     """The TrainConfig of one bench run."""
     from boothkit.config import TrainConfig
 
-    options: dict[str, Any] = dict(METHOD_DEFAULTS[method])
-    if settings.steps is not None:
-        options["steps"] = settings.steps
-    options.update(settings.overrides)
-    return TrainConfig(
+    values: dict[str, Any] = dict(
         model=settings.model,
         images=str(images),
         output=str(output),
         token=TOKEN,
         class_noun=subject.shape,
-        method=method,  # type: ignore[arg-type]
+        method=method,
         instance_prompt="a photo of a {token} {class_noun}",
         class_prompt="a photo of a {class_noun}",
+        class_prompts=class_context_prompts(subject.shape, settings.class_images)
+        if settings.captions
+        else (),
         resolution=RESOLUTION,
         prior=prior,
         class_images=settings.class_images,
@@ -250,8 +286,12 @@ def train_config(
         sample_every=0,
         device=settings.device,
         flip=False,
-        **options,
     )
+    values.update(METHOD_DEFAULTS[method])
+    if settings.steps is not None:
+        values["steps"] = settings.steps
+    values.update(settings.overrides)  # any TrainConfig field, the settings above included
+    return TrainConfig(**values)
 
 
 def tuned_pipeline(model: str, method: str, run_dir: Path, device: str = "cpu") -> Any:
@@ -295,7 +335,7 @@ def run_bench(
         base_leak = leakage(flat_images(base_class), subject)
         base_subject_fid = subject_fidelity(flat_images(base_subject), subject)
         base_colours = colour_distribution(flat_images(base_class))
-        images = write_instance_images(subject, out / "instances" / name)
+        images = write_instance_images(subject, out / "instances" / name, captions=settings.captions)
         log(f"{name}: base prompt fidelity {base_prompt_fid:.2f}, base leakage {base_leak:.2f}")
         for method, prior in itertools.product(settings.methods, settings.priors):
             tag = f"{name}-{method}-{'prior' if prior else 'noprior'}"
@@ -310,7 +350,7 @@ def run_bench(
             result = train(config, progress=progress, log=lambda _line: None)
             train_seconds = time.time() - t0
             tuned = tuned_pipeline(model, method, result.output, settings.device)
-            tuned_subject = images_for(tuned, s_prompts, settings)
+            tuned_subject = images_for(tuned, subject_prompts(scenes, method_token(method)), settings)
             tuned_class = images_for(tuned, c_prompts, settings)
             scores = RunScores(
                 subject=name,
