@@ -50,10 +50,11 @@ def run_demo(
     output: str | Path = "runs/demo",
     *,
     subject: str = DEMO_SUBJECT,
-    # On v3: 400 steps 0.38 subject / 1.00 prompt fidelity; 600: 0.25 / 0.75; 800: 0.12 / 0.50
-    # (the instance photos' plain backgrounds take over the sks images).
+    # On v3 with captioned photos and class images over contexts (the bench's protocol since
+    # 2026-12-05, LoRA lr 2e-3): subject / prompt fidelity / leakage 0.75 / 1.00 / 0.00 with 100
+    # class images, 0.88 / 1.00 / 0.12 with 50 (uncaptioned, 400 steps at lr 1e-3: 0.38 / 1.00 / 0.00).
     steps: int = 400,
-    class_images: int = 50,  # 24 left the subject in 38% of class-prompt images on v2, 50: 0%
+    class_images: int = 100,
     seeds: tuple[int, ...] = (0, 1),
     gen_steps: int = 20,
     model: str | Path | None = None,
