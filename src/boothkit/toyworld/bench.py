@@ -35,7 +35,7 @@ from PIL import Image
 from boothkit.toyworld.oracles import colour_distribution, colour_drift, is_subject, measure
 from boothkit.toyworld.pretrain import RESOLUTION, generate, partial_caption, shipped_model_dir
 from boothkit.toyworld.scene import BACKGROUNDS, POSITIONS, SIZES, Scene, caption
-from boothkit.toyworld.subjects import BENCH_SUBJECTS, SUBJECTS, Subject, instance_images, instance_scenes
+from boothkit.toyworld.subjects import BENCH_SUBJECTS, SUBJECTS, Subject, instance_scenes, render_subject
 
 METHODS: tuple[str, ...] = ("lora", "full", "ti", "pivotal")
 TOKEN = "sks"
@@ -224,9 +224,8 @@ def write_instance_images(subject: Subject, folder: Path, n: int = 5, *, caption
     look alone instead of also absorbing the photos' plain backgrounds and positions.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    scenes = instance_scenes(subject, n)
-    for i, (image, scene) in enumerate(zip(instance_images(subject, n=n), scenes, strict=True)):
-        image.save(folder / f"{subject.name}_{i}.png")
+    for i, scene in enumerate(instance_scenes(subject, n)):
+        render_subject(subject, scene, seed=i).save(folder / f"{subject.name}_{i}.png")  # = instance_images
         if captions:
             (folder / f"{subject.name}_{i}.txt").write_text(caption(scene, subject_token="{token}") + "\n")
     return folder
