@@ -29,3 +29,19 @@ def test_a_failed_write_keeps_the_old_folder(tmp_path: Path) -> None:
         atomic_write_dir(target, broken)
     assert (target / "a.txt").read_text() == "one"
     assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+def test_written_files_and_folders_get_the_umask_mode_not_a_private_one(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    from boothkit.io import atomic_write_dir, atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        f = atomic_write_text(tmp_path / "lora.safetensors", "x")
+        d = atomic_write_dir(tmp_path / "model", lambda tmp: (tmp / "config.json").write_text("{}"))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(f.stat().st_mode) == 0o644
+    assert stat.S_IMODE(d.stat().st_mode) == 0o755

@@ -28,6 +28,21 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _plain_mode(tmp: Path, base: int) -> None:
+    """Give a temporary file (0o666) or folder (0o777) the mode a plain open/mkdir would have had.
+
+    mkstemp and mkdtemp make them private (0o600 / 0o700); without this, every file boothkit
+    writes (a LoRA to hand to ComfyUI running as another user, say) would be readable by its owner only.
+    """
+    os.chmod(tmp, base & ~_current_umask())
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call `write(tmp_path)` then move tmp_path onto `path` atomically. Returns `path`."""
     dest = Path(path)
@@ -37,6 +52,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     tmp = Path(tmp_name)
     try:
         write(tmp)
+        _plain_mode(tmp, 0o666)
         with tmp.open("rb+") as fh:
             fh.flush()
             os.fsync(fh.fileno())
@@ -61,6 +77,7 @@ def atomic_write_dir(path: str | Path, write: Callable[[Path], None]) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
     try:
         write(tmp)
+        _plain_mode(tmp, 0o777)
         old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
         if dest.exists():
             os.replace(dest, old)
