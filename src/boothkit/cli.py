@@ -224,6 +224,22 @@ def _toyworld_refine(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _toyworld_calibrate(ns: argparse.Namespace) -> int:
+    _disable_load_bars()
+    from pathlib import Path
+
+    from boothkit.toyworld.pretrain import calibrate_model_tokens
+
+    model = Path(ns.model)
+    for part in ("tokenizer", "text_encoder"):
+        if not (model / part).is_dir():
+            raise BoothkitError(
+                f"--model {model}: no {part}/ folder here", hint="pass a folder written by toyworld pretrain"
+            )
+    calibrate_model_tokens(model)
+    return 0
+
+
 def _toyworld_bench(ns: argparse.Namespace) -> int:
     _disable_load_bars()
     from dataclasses import replace
@@ -510,10 +526,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of the decoder refinement's objects painted in several colours",
     )
     tp.add_argument(
-        "--curriculum",
-        choices=["v2", "v3"],
+        "--rare-token-norm",
+        dest="rare_token_norm",
+        action="store_true",
         default=None,
-        help="run a recorded sequence of phases (v3: the shipped model from scratch); "
+        help="after training, rescale the rows of tokens no caption uses (sks, ...) to the trained rows' norm",
+    )
+    tp.add_argument(
+        "--curriculum",
+        choices=["v2", "v3", "v4"],
+        default=None,
+        help="run a recorded sequence of phases (v4: the shipped model from scratch); "
         "each phase's settings replace the same flags",
     )
     tp.set_defaults(func=_toyworld_pretrain)
@@ -535,6 +558,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tr.add_argument("--every", type=int, default=100, help="evaluate (and keep the best) every N steps")
     tr.set_defaults(func=_toyworld_refine)
+    tc = tw_sub.add_parser(
+        "calibrate-tokens",
+        parents=[common],
+        help="rescale the text encoder rows of tokens no caption uses to the trained rows' norm, in place",
+    )
+    tc.add_argument("--model", required=True, help="toy model folder (written by toyworld pretrain)")
+    tc.set_defaults(func=_toyworld_calibrate)
     tb = tw_sub.add_parser("bench", parents=[common], help="DreamBooth methods measured on the toy world")
     tb.add_argument("--output", required=True, help="folder for bench.json, bench.md, grids, index.html")
     tb.add_argument("--model", default=None, help="base model (default: the shipped toy model)")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from boothkit.toyworld import Scene, caption, parse_caption, render
+from boothkit.toyworld import Scene, caption, parse_caption, render, vocabulary
 from boothkit.toyworld.pretrain import (
     HELD_OUT_BACKGROUNDS,
     HELD_OUT_COLORS,
@@ -18,6 +18,8 @@ from boothkit.toyworld.pretrain import (
     RARE_TOKENS,
     PretrainSettings,
     build_components,
+    caption_ids,
+    caption_token_ids,
     draw_timesteps,
     encode_pool,
     evaluate_pipeline,
@@ -31,6 +33,7 @@ from boothkit.toyworld.pretrain import (
     pool_workers,
     pretrain,
     prompt_fidelity,
+    rare_rows_at_trained_norm,
     sampling_scheduler,
     shipped_model_dir,
     tokenizer_corpus,
@@ -39,7 +42,7 @@ from boothkit.toyworld.pretrain import (
     weighted_reconstruction_loss,
 )
 
-# The shipped model (v3) draws what a held-out caption asks for: measured with 56 captions, shape
+# The shipped model (v4, whose captions encode as v3's) draws what a held-out caption asks for: measured with 56 captions, shape
 # 0.95, colour, position and background 1.00, all four 0.95 (v2: 0.91); with the test's 14 captions
 # and 15 steps: shape 0.86, the others 1.00 (v2: shape 0.79). An untrained model scores about 1/7, 1/8, 1/9 and 1/10; v1
 # (the SD schedule) followed position words at chance, 0.09 (BENCHMARKS.md).
@@ -121,12 +124,92 @@ def test_tokenizer_keeps_words_and_rare_tokens_whole(tmp_path: Path) -> None:
     from transformers import CLIPTokenizer
 
     from boothkit.tiny import train_tokenizer
-    from boothkit.toyworld import vocabulary
 
     train_tokenizer(tmp_path, tokenizer_corpus(), vocab_size=600)
     tok = CLIPTokenizer.from_pretrained(str(tmp_path), model_max_length=MAX_TOKENS)
     for word in [*vocabulary(), *RARE_TOKENS]:
         assert len(tok.tokenize(word)) == 1, word
+
+
+def test_rare_rows_at_trained_norm_lifts_only_the_unused_rows_and_keeps_their_direction() -> None:
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(10, 8, generator=gen)
+    weight[5:] *= 0.05  # rows no caption uses: still near their initial scale
+    used = [0, 1, 2, 3, 4]
+    out = rare_rows_at_trained_norm(weight, used)
+    assert torch.equal(out[:5], weight[:5])
+    target = weight[:5].norm(dim=1).median()
+    assert torch.allclose(out[5:].norm(dim=1), target.expand(5))
+    assert torch.allclose(torch.nn.functional.cosine_similarity(out[5:], weight[5:]), torch.ones(5))
+    assert torch.allclose(rare_rows_at_trained_norm(out, used), out)  # a second pass changes nothing
+
+
+def test_calibrate_tokens_lifts_sks_and_keeps_every_caption_encoding(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`toyworld calibrate-tokens` on a model whose unused rows sit at their initial scale (v3's state)."""
+    import shutil
+
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from boothkit.cli import main
+
+    model = tmp_path / "model"
+    for part in ("tokenizer", "text_encoder"):
+        shutil.copytree(shipped_model_dir() / part, model / part)
+    tok = CLIPTokenizer.from_pretrained(str(model / "tokenizer"))
+    used = caption_token_ids(tok)
+    sks = tok.convert_tokens_to_ids("sks</w>")
+    assert sks not in used and len(used) == len(vocabulary()) + 2  # and the start/end markers
+
+    def load() -> torch.nn.Module:
+        return CLIPTextModel.from_pretrained(str(model / "text_encoder"), torch_dtype=torch.float32).eval()
+
+    text_encoder = load()
+    weight = text_encoder.get_input_embeddings().weight
+    rare = torch.tensor([i not in used for i in range(weight.shape[0])])
+    with torch.no_grad():
+        weight[rare] *= 0.12 / weight[rare].norm(dim=1, keepdim=True)
+    text_encoder.to(torch.float16).save_pretrained(model / "text_encoder", safe_serialization=True)
+
+    rng = random.Random(0)
+    captions = [caption(training_scene(rng)) for _ in range(8)] + ["a photo of a star", ""]
+    ids = caption_ids(tok, captions)
+    sks_ids = caption_ids(tok, ["a photo of a sks star"])
+    with torch.no_grad():
+        before, sks_before = (load()(x).last_hidden_state for x in (ids, sks_ids))
+    assert main(["toyworld", "calibrate-tokens", "--model", str(model)]) == 0
+    after_model = load()
+    with torch.no_grad():
+        after, sks_after = (after_model(x).last_hidden_state for x in (ids, sks_ids))
+    assert torch.equal(before, after)  # no caption's encoding moved
+    assert not torch.allclose(sks_before, sks_after, atol=1e-3)  # "sks" now says something
+    norms = after_model.get_input_embeddings().weight.detach().norm(dim=1)
+    trained = norms[sorted(used)].median()
+    assert abs(float(norms[sks] - trained)) < 0.01 and float(norms[rare].min()) > 0.9 * float(trained)
+    assert "rare token rows: 392 rows" in (model / "pretrain_log.txt").read_text()
+
+    assert main(["toyworld", "calibrate-tokens", "--model", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert "--model" in err and "nope" in err and "Traceback" not in err
+
+
+def test_shipped_model_has_every_token_row_at_the_trained_norm() -> None:
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    folder = shipped_model_dir()
+    tok = CLIPTokenizer.from_pretrained(str(folder / "tokenizer"))
+    norms = (
+        CLIPTextModel.from_pretrained(str(folder / "text_encoder"), torch_dtype=torch.float32)
+        .get_input_embeddings()
+        .weight.detach()
+        .norm(dim=1)
+    )
+    trained = float(norms[sorted(caption_token_ids(tok))].median())
+    for token in RARE_TOKENS:
+        assert abs(float(norms[tok.convert_tokens_to_ids(f"{token}</w>")]) - trained) < 0.01, token
+    meta = json.loads((folder / "boothkit_toyworld.json").read_text())
+    assert meta["rare_token_rows"] == {"rows": 392, "norm": pytest.approx(trained, abs=1e-3)}
 
 
 def test_prompt_fidelity_of_clean_renders_is_one() -> None:
@@ -159,12 +242,20 @@ def test_pretrain_smoke_writes_a_loadable_sd1_folder(tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
     more = dataclasses.replace(
-        settings, init_from=str(out), decoder_steps=0, schedule="zero-snr", high_noise_share=0.5, keep="last"
+        settings,
+        init_from=str(out),
+        decoder_steps=0,
+        schedule="zero-snr",
+        high_noise_share=0.5,
+        keep="last",
+        rare_token_norm=True,
     )
     again = pretrain(tmp_path / "more", more, log=lambda _line: None)
     assert "continuing from" in (again / "pretrain_log.txt").read_text()
     assert "switching to the zero-snr schedule" in (again / "pretrain_log.txt").read_text()
     assert "done: kept step 2 (last)" in (again / "pretrain_log.txt").read_text()
+    assert "rare token rows:" in (again / "pretrain_log.txt").read_text()
+    assert json.loads((again / "boothkit_toyworld.json").read_text())["rare_token_rows"]["rows"] > 0
     saved = json.loads((again / "scheduler" / "scheduler_config.json").read_text())
     assert saved["prediction_type"] == "v_prediction" and saved["rescale_betas_zero_snr"] is True
     assert load_model(str(again)).prediction_type == "v_prediction"  # boothkit train's target follows
@@ -467,13 +558,14 @@ def test_curriculum_chains_its_phases_into_one_folder(tmp_path: Path) -> None:
         pretrain_curriculum(tmp_path / "bad", [("x", {"stepz": 1})], tiny, log=lambda _line: None)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # refused before anything was written
     # The recorded curricula: valid fields; the last phase of v3 is the shipped model's settings.
-    for name in ("v2", "v3"):
+    for name in ("v2", "v3", "v4"):
         for fields in dict(CURRICULA[name]).values():
             PretrainSettings(**fields)
-    v3 = dict(CURRICULA["v3"])
+    v3, v4 = dict(CURRICULA["v3"]), dict(CURRICULA["v4"])
     meta = json.loads((shipped_model_dir() / "boothkit_toyworld.json").read_text())
-    assert meta["version"] == 3
+    assert meta["version"] == 4  # v3's folder, then `toyworld calibrate-tokens`: v4's last phase
     assert {k: meta["settings"][k] for k in v3["G"]} == v3["G"]
+    assert v4["G"] == {**v3["G"], "rare_token_norm": True} and meta["rare_token_rows"]["rows"] > 0
     assert v3["F"]["decoder_multicolor_share"] == meta["decoder_multicolor_refinement"]["multicolor_share"]
 
 

@@ -13,7 +13,9 @@ Recipe (:func:`pretrain`):
 3. UNet + text encoder together on the epsilon loss over scaled latents (SD's 1000-step
    scaled-linear DDPM schedule, min-SNR weighting, an EMA of the weights), captions with
    attributes left out at random (so short prompts such as "a photo of a star" mean something)
-   and 10% empty captions (so classifier-free guidance works).
+   and 10% empty captions (so classifier-free guidance works);
+4. (``rare_token_norm``, the shipped v4) the text encoder rows of tokens no caption uses ("sks",
+   ...) rescaled to the caption words' median norm, as if trained like every row of a real CLIP.
 
 Some (shape, colour) and (shape, background) pairs never occur in training
 (:data:`HELD_OUT_COLORS`, :data:`HELD_OUT_BACKGROUNDS`); prompt fidelity is measured on those
@@ -82,9 +84,9 @@ class PretrainSettings:
     lr: float = 1e-3
     vae_lr: float = 1e-3
     width: int = 32  # channels of the first UNet block; the others are 2x, 3x (and 4x)
-    # The defaults are v1's first phase. The shipped model (v3) continues v1 through a curriculum of
+    # The defaults are v1's first phase. The shipped model (v4) continues v1 through a curriculum of
     # these fields (schedule, high_noise_share, high_noise_from, keep, ema_decay, pool, seed, lr,
-    # multicolor_share, decoder_*): CURRICULA["v3"] below, `toyworld pretrain --curriculum v3`; its
+    # multicolor_share, decoder_*, rare_token_norm): CURRICULA["v4"], `--curriculum v4`; its
     # log has each phase. levels=4 and pooled_text are an alternative layout,
     # measured on CPU in BENCHMARKS.md and not better at equal steps.
     levels: int = 3  # UNet resolutions: 3 is 24, 12, 6 latent pixels; 4 adds 3x3, the caption's grid
@@ -119,6 +121,10 @@ class PretrainSettings:
     # Share of the decoder refinement's objects painted in several colours (never a subject's look):
     # a decoder that saw one-colour objects only blurs a subject's colour regions into one.
     decoder_multicolor_share: float = 0.0
+    # After the UNet phase, rescale the rows of tokens no caption uses ("sks", ...) to the caption
+    # words' median norm (:func:`rare_rows_at_trained_norm`), as a web-scale text encoder has trained
+    # every row: left at their initial scale, they reach the UNet as a near-blank.
+    rare_token_norm: bool = False
     device: str = "cpu"
     seed: int = 0
     threads: int | None = None
@@ -650,6 +656,71 @@ def replace_decoder(folder: Path, vae: Any) -> None:
     atomic_write_dir(Path(folder) / "vae", lambda tmp: half.save_pretrained(tmp, safe_serialization=True))
 
 
+def caption_token_ids(tokenizer: Any) -> set[int]:
+    """Ids of every token a training caption can hold: the world's words and the start and end markers."""
+    ids = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id}
+    for word in vocabulary():
+        ids.update(tokenizer(word, add_special_tokens=False).input_ids)
+    return ids
+
+
+def rare_rows_at_trained_norm(weight: torch.Tensor, used: Iterable[int]) -> torch.Tensor:
+    """The embedding ``weight`` with every row not in ``used`` rescaled to the used rows' median norm.
+
+    Directions are kept and the used rows are returned unchanged, so no caption's encoding moves.
+    Pretraining only ever updates the rows its captions use; the others stay at their initial scale
+    (norm ~0.12 against ~1.0 on the toy model), so a prompt's "sks" is a near-blank that a LoRA on
+    the UNet has little to key on (BENCHMARKS.md, 2026-12-05). In a real CLIP every row is trained.
+    """
+    index = torch.tensor(sorted(set(used)), dtype=torch.long)
+    norms = weight.norm(dim=1)
+    target = norms[index].median()
+    rare = torch.ones(weight.shape[0], dtype=torch.bool)
+    rare[index] = False
+    rare &= norms > 0  # a zero row has no direction to keep
+    out = weight.clone()
+    out[rare] = weight[rare] * (target / norms[rare])[:, None]
+    return out
+
+
+def calibrate_model_tokens(folder: str | Path, *, log: Callable[[str], None] = print) -> int:
+    """Apply :func:`rare_rows_at_trained_norm` to a toy model folder's text encoder in place.
+
+    The folder's ``pretrain_log.txt`` and ``boothkit_toyworld.json`` record it; running it again
+    changes nothing. Returns the number of rows rescaled.
+    """
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from boothkit.io import atomic_write_dir
+
+    model = Path(folder)
+    say = stamped_logger(model / "pretrain_log.txt", log)
+    tokenizer = CLIPTokenizer.from_pretrained(str(model / "tokenizer"))
+    text_encoder: Any = CLIPTextModel.from_pretrained(str(model / "text_encoder"), torch_dtype=torch.float32)
+    embedding = text_encoder.get_input_embeddings()
+    used = caption_token_ids(tokenizer)
+    before = embedding.weight.detach().norm(dim=1)
+    with torch.no_grad():
+        embedding.weight.copy_(rare_rows_at_trained_norm(embedding.weight, used))
+    after = embedding.weight.detach().norm(dim=1)
+    rare = sorted(set(range(len(after))) - used)
+    target = float(after[sorted(used)].median())
+    text_encoder.to(torch.float16)
+    atomic_write_dir(
+        model / "text_encoder", lambda tmp: text_encoder.save_pretrained(tmp, safe_serialization=True)
+    )
+    meta_path = model / "boothkit_toyworld.json"
+    if meta_path.exists():
+        meta = json.loads(meta_path.read_text())
+        meta["rare_token_rows"] = {"rows": len(rare), "norm": round(target, 4)}
+        meta_path.write_text(json.dumps(meta, indent=2) + "\n")
+    say(
+        f"rare token rows: {len(rare)} rows no caption uses, norms {float(before[rare].min()):.3f}-"
+        f"{float(before[rare].max()):.3f} -> {target:.3f} (the caption words' median); caption rows unchanged"
+    )
+    return len(rare)
+
+
 def load_components(folder: str | Path) -> dict[str, Any]:
     """The trainable components of a toy model folder, in float32, to continue pretraining."""
     from diffusers import DDIMScheduler, UNet2DConditionModel
@@ -974,6 +1045,8 @@ def pretrain(
         # The same as `boothkit toyworld refine-decoder --model OUT` afterwards (or beside phase 2):
         # the encoder is frozen from here on, so the UNet's latent space does not move.
         refine_model_decoder(out, s.decoder_steps, multicolor_share=s.decoder_multicolor_share, log=log)
+    if s.rare_token_norm:  # the same as `boothkit toyworld calibrate-tokens --model OUT` afterwards
+        calibrate_model_tokens(out, log=log)
     say(
         f"done: kept step {best_step} ({s.keep}), held-out fidelity {best:.3f}; total {(time.time() - started) / 60:.1f} min"
     )
@@ -1081,6 +1154,11 @@ CURRICULA["v3"] = (
         },
     ),
 )
+
+
+# v4, the shipped model: v3 with the rows of tokens no caption uses rescaled to the trained rows'
+# norm after G (the shipped folder: v3's, then `boothkit toyworld calibrate-tokens`; the same thing).
+CURRICULA["v4"] = (*CURRICULA["v3"][:-1], ("G", {**CURRICULA["v3"][-1][1], "rare_token_norm": True}))
 
 
 def pretrain_curriculum(
