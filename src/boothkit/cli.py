@@ -534,9 +534,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tp.add_argument(
         "--curriculum",
-        choices=["v2", "v3", "v4"],
+        choices=["v2", "v3"],
         default=None,
-        help="run a recorded sequence of phases (v4: the shipped model from scratch); "
+        help="run a recorded sequence of phases (v3: the shipped model from scratch); "
         "each phase's settings replace the same flags",
     )
     tp.set_defaults(func=_toyworld_pretrain)

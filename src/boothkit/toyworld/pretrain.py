@@ -13,9 +13,11 @@ Recipe (:func:`pretrain`):
 3. UNet + text encoder together on the epsilon loss over scaled latents (SD's 1000-step
    scaled-linear DDPM schedule, min-SNR weighting, an EMA of the weights), captions with
    attributes left out at random (so short prompts such as "a photo of a star" mean something)
-   and 10% empty captions (so classifier-free guidance works);
-4. (``rare_token_norm``, the shipped v4) the text encoder rows of tokens no caption uses ("sks",
-   ...) rescaled to the caption words' median norm, as if trained like every row of a real CLIP.
+   and 10% empty captions (so classifier-free guidance works).
+
+The rows of tokens no caption uses stay at their initial scale; ``rare_token_norm`` (or
+``toyworld calibrate-tokens``) lifts them to the trained rows' norm, measured and not adopted
+(BENCHMARKS.md, 2026-12-05: it helps one subject and hurts another, depending on the identifier).
 
 Some (shape, colour) and (shape, background) pairs never occur in training
 (:data:`HELD_OUT_COLORS`, :data:`HELD_OUT_BACKGROUNDS`); prompt fidelity is measured on those
@@ -84,9 +86,9 @@ class PretrainSettings:
     lr: float = 1e-3
     vae_lr: float = 1e-3
     width: int = 32  # channels of the first UNet block; the others are 2x, 3x (and 4x)
-    # The defaults are v1's first phase. The shipped model (v4) continues v1 through a curriculum of
+    # The defaults are v1's first phase. The shipped model (v3) continues v1 through a curriculum of
     # these fields (schedule, high_noise_share, high_noise_from, keep, ema_decay, pool, seed, lr,
-    # multicolor_share, decoder_*, rare_token_norm): CURRICULA["v4"], `--curriculum v4`; its
+    # multicolor_share, decoder_*): CURRICULA["v3"] below, `toyworld pretrain --curriculum v3`; its
     # log has each phase. levels=4 and pooled_text are an alternative layout,
     # measured on CPU in BENCHMARKS.md and not better at equal steps.
     levels: int = 3  # UNet resolutions: 3 is 24, 12, 6 latent pixels; 4 adds 3x3, the caption's grid
@@ -123,7 +125,8 @@ class PretrainSettings:
     decoder_multicolor_share: float = 0.0
     # After the UNet phase, rescale the rows of tokens no caption uses ("sks", ...) to the caption
     # words' median norm (:func:`rare_rows_at_trained_norm`), as a web-scale text encoder has trained
-    # every row: left at their initial scale, they reach the UNet as a near-blank.
+    # every row. Not in the shipped model: the identifier's random direction then decides
+    # how well a LoRA learns a subject (0.00-0.96 on one subject across three identifiers).
     rare_token_norm: bool = False
     device: str = "cpu"
     seed: int = 0
@@ -669,8 +672,8 @@ def rare_rows_at_trained_norm(weight: torch.Tensor, used: Iterable[int]) -> torc
 
     Directions are kept and the used rows are returned unchanged, so no caption's encoding moves.
     Pretraining only ever updates the rows its captions use; the others stay at their initial scale
-    (norm ~0.12 against ~1.0 on the toy model), so a prompt's "sks" is a near-blank that a LoRA on
-    the UNet has little to key on (BENCHMARKS.md, 2026-12-05). In a real CLIP every row is trained.
+    (norm ~0.12 against ~1.0 on the toy model), so a prompt's "sks" is a near-blank. In a real CLIP
+    every row is trained. Measured on the bench, not adopted (BENCHMARKS.md, 2026-12-05).
     """
     index = torch.tensor(sorted(set(used)), dtype=torch.long)
     norms = weight.norm(dim=1)
@@ -1154,11 +1157,6 @@ CURRICULA["v3"] = (
         },
     ),
 )
-
-
-# v4, the shipped model: v3 with the rows of tokens no caption uses rescaled to the trained rows'
-# norm after G (the shipped folder: v3's, then `boothkit toyworld calibrate-tokens`; the same thing).
-CURRICULA["v4"] = (*CURRICULA["v3"][:-1], ("G", {**CURRICULA["v3"][-1][1], "rare_token_norm": True}))
 
 
 def pretrain_curriculum(
