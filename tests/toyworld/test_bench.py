@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from PIL import Image
 
@@ -166,6 +167,18 @@ def test_instance_photos_are_captioned_with_their_context_and_class_prompts_vary
     assert not list(plain.glob("*.txt"))
     off = BenchSettings(model="m", captions=False)
     assert train_config(off, SUBJECT, "lora", True, plain, tmp_path / "r", tmp_path / "b").class_prompts == ()
+
+
+def test_full_fine_tune_trains_the_text_encoder_and_overrides_win(tmp_path: Path) -> None:
+    from boothkit.toyworld.bench import train_config
+
+    def config(settings: BenchSettings, method: str) -> Any:
+        return train_config(settings, SUBJECT, method, True, tmp_path, tmp_path / "r", tmp_path / "b")
+
+    assert config(BenchSettings(model="m"), "full").train_text_encoder  # as in the DreamBooth paper
+    assert not config(BenchSettings(model="m"), "lora").train_text_encoder
+    off = BenchSettings(model="m", overrides={"train_text_encoder": False})
+    assert not config(off, "full").train_text_encoder
 
 
 def test_textual_inversion_runs_are_prompted_with_their_placeholder() -> None:
