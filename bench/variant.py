@@ -1,9 +1,9 @@
 """One bench configuration on chosen subjects, with any TrainConfig field overridden.
 
     OMP_NUM_THREADS=1 python bench/variant.py OUT split_star,emblem_heart [method=lora] [prior=yes|no|both]
-        [captions=true|false] [class_images=100] [seeds=2] [model=FOLDER] [steps=1200 lr=0.002 rank=16 ...]
+        [captions=true|false] [class_images=100] [seeds=2] [model=FOLDER] [token=sks] [steps=1200 lr=0.002 rank=16 ...]
 
-Settings of the bench itself (method, prior, captions, class_images, seeds, model) and TrainConfig fields
+Settings of the bench itself (method, prior, captions, class_images, seeds, model, token) and TrainConfig fields
 (everything else, values as JSON: `train_text_encoder=true`, `target_modules=["to_q","conv1"]`) go
 on the command line as key=value. Writes the usual bench.json, bench.md and grids into OUT. The
 variants measured with it are in BENCHMARKS.md.
@@ -18,7 +18,7 @@ from typing import Any
 
 from boothkit.toyworld.bench import BenchSettings, run_bench
 
-BENCH_KEYS = ("method", "prior", "captions", "class_images", "seeds", "model")
+BENCH_KEYS = ("method", "prior", "captions", "class_images", "seeds", "model", "token")
 
 
 def parse(pairs: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -52,6 +52,8 @@ def main() -> None:
         settings = replace(settings, captions=bool(bench["captions"]))
     if "model" in bench:
         settings = replace(settings, model=str(bench["model"]))
+    if "token" in bench:
+        settings = replace(settings, token=str(bench["token"]))
     if "class_images" in bench:
         settings = replace(settings, class_images=int(bench["class_images"]))
     run_bench(out, settings)

@@ -262,6 +262,8 @@ def _toyworld_bench(ns: argparse.Namespace) -> int:
         changes["class_images"] = ns.class_images
     if ns.no_captions:
         changes["captions"] = False
+    if ns.token is not None:
+        changes["token"] = ns.token
     run_bench(ns.output, replace(settings, **changes), progress=not ns.quiet)
     print(f"wrote {ns.output}/bench.md, bench.json, index.html")
     return 0
@@ -579,6 +581,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="one prompt for every instance photo and every class image (the protocol before 2026-12-05)",
     )
+    tb.add_argument("--token", default=None, help="the identifier the subject is trained on (default: sks)")
     tb.add_argument("--quick", action="store_true", help="1 subject, LoRA with prior, few steps: a smoke run")
     tb.add_argument("--device", default="cpu")
     tb.set_defaults(func=_toyworld_bench)

@@ -131,10 +131,14 @@ def test_bench_quick_end_to_end_through_the_cli(tmp_path: Path) -> None:
             "1",
             "--class-images",
             "2",
+            "--token",
+            "ohwx",
         ]
     )
     assert code == 0
     payload = json.loads((out / "bench.json").read_text())
+    assert payload["settings"]["token"] == "ohwx"
+    assert 'token = "ohwx"' in next((out / "runs").glob("*/config.toml")).read_text()
     assert [(r["method"], r["prior"]) for r in payload["results"]] == [("lora", True)]
     assert (out / "bench.md").read_text().count("\n") == 3
     assert (out / "index.html").exists() and list((out / "grids").glob("*.png"))
@@ -179,6 +183,7 @@ def test_full_fine_tune_trains_the_text_encoder_and_overrides_win(tmp_path: Path
     assert not config(BenchSettings(model="m"), "lora").train_text_encoder
     off = BenchSettings(model="m", overrides={"train_text_encoder": False})
     assert not config(off, "full").train_text_encoder
+    assert config(BenchSettings(model="m", token="ohwx"), "lora").token == "ohwx"
 
 
 def test_textual_inversion_runs_are_prompted_with_their_placeholder() -> None:

@@ -85,6 +85,9 @@ class BenchSettings:
     # and class images over varied contexts; False trains every photo on "a photo of a sks star" and
     # makes every class image from "a photo of a star" (the protocol up to 2026-12-05).
     captions: bool = True
+    # The identifier. On the shipped model every rare token's row is a faint, untrained one, and
+    # "ohwx" measures like "sks" (BENCHMARKS.md); with full-scale rows the choice decides a lot.
+    token: str = TOKEN
     overrides: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -265,7 +268,7 @@ def train_config(
         model=settings.model,
         images=str(images),
         output=str(output),
-        token=TOKEN,
+        token=settings.token,
         class_noun=subject.shape,
         method=method,
         instance_prompt="a photo of a {token} {class_noun}",
@@ -328,7 +331,7 @@ def run_bench(
         subject = SUBJECTS[name]
         scenes = context_scenes(subject, settings.contexts)
         k = len(settings.seeds)
-        s_prompts, c_prompts = subject_prompts(scenes), class_prompts(scenes)
+        s_prompts, c_prompts = subject_prompts(scenes, settings.token), class_prompts(scenes)
         base_subject = images_for(base, s_prompts, settings)
         base_class = images_for(base, c_prompts, settings)
         base_prompt_fid = context_fidelity(flat_images(base_class), repeat_scenes(scenes, k))
@@ -350,7 +353,9 @@ def run_bench(
             result = train(config, progress=progress, log=lambda _line: None)
             train_seconds = time.time() - t0
             tuned = tuned_pipeline(model, method, result.output, settings.device)
-            tuned_subject = images_for(tuned, subject_prompts(scenes, method_token(method)), settings)
+            tuned_subject = images_for(
+                tuned, subject_prompts(scenes, method_token(method, settings.token)), settings
+            )
             tuned_class = images_for(tuned, c_prompts, settings)
             scores = RunScores(
                 subject=name,
