@@ -24,6 +24,11 @@ from boothkit.io import atomic_save_image, atomic_write_json
 BANK_MANIFEST = "bank.json"
 
 
+def prompt_in_turn(prompts: list[str], index: int) -> str:
+    """The prompt class image ``index`` is generated from and trains on: the prompts are used in turn."""
+    return prompts[index % len(prompts)]
+
+
 @dataclass(frozen=True)
 class BankKey:
     model: str  # the model's fingerprint
@@ -40,8 +45,7 @@ class BankKey:
 
     def prompt_of(self, index: int) -> str:
         """The prompt image ``index`` is generated from (and trains on)."""
-        prompts = self.prompts()
-        return prompts[index % len(prompts)]
+        return prompt_in_turn(self.prompts(), index)
 
     def digest(self) -> str:
         blob = json.dumps(asdict(self), sort_keys=True).encode()

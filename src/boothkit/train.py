@@ -196,8 +196,10 @@ def prior_prompts(config: TrainConfig, token: str, prior_paths: list[Path]) -> l
         return instance_prompts(
             prior_paths, folder, template=config.class_prompt, token=token, class_noun=config.class_noun
         )
+    from boothkit.prior import prompt_in_turn
+
     cycle = class_prompt_cycle(config, token)
-    return [cycle[i % len(cycle)] for i in range(len(prior_paths))]
+    return [prompt_in_turn(cycle, i) for i in range(len(prior_paths))]
 
 
 def class_images(config: TrainConfig, model: Family, resolution: int) -> list[Path]:
