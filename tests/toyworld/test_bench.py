@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from PIL import Image
 
 from boothkit.toyworld import SUBJECTS, TEST_SUBJECTS, Scene, render, render_subject
@@ -171,6 +172,18 @@ def test_instance_photos_are_captioned_with_their_context_and_class_prompts_vary
     assert not list(plain.glob("*.txt"))
     off = BenchSettings(model="m", captions=False)
     assert train_config(off, SUBJECT, "lora", True, plain, tmp_path / "r", tmp_path / "b").class_prompts == ()
+
+
+def test_bench_refuses_a_token_the_captions_cannot_hold(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from boothkit.cli import main
+
+    for token in ("", "star", "two words"):
+        assert main(["toyworld", "bench", "--quick", "--output", str(tmp_path / "b"), "--token", token]) == 2
+        err = capsys.readouterr().err
+        assert f"--token {token!r}" in err and "Traceback" not in err and "report it" not in err
+    assert not (tmp_path / "b").exists()  # refused before anything was written
 
 
 def test_full_fine_tune_trains_the_text_encoder_and_overrides_win(tmp_path: Path) -> None:

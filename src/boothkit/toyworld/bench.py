@@ -34,7 +34,7 @@ from PIL import Image
 
 from boothkit.toyworld.oracles import colour_distribution, colour_drift, is_subject, measure
 from boothkit.toyworld.pretrain import RESOLUTION, generate, partial_caption, shipped_model_dir
-from boothkit.toyworld.scene import BACKGROUNDS, POSITIONS, SIZES, Scene, caption
+from boothkit.toyworld.scene import BACKGROUNDS, POSITIONS, SIZES, Scene, caption, check_subject_token
 from boothkit.toyworld.subjects import BENCH_SUBJECTS, SUBJECTS, Subject, instance_scenes, render_subject
 
 METHODS: tuple[str, ...] = ("lora", "full", "ti", "pivotal")
@@ -314,11 +314,18 @@ def run_bench(
     progress: bool = False,
 ) -> list[RunScores]:
     """Run every configured (subject, method, prior) and write the reports into ``output``."""
+    from boothkit.errors import BoothkitError
     from boothkit.families import LoadOptions, load_model
     from boothkit.generate import load_pipeline
     from boothkit.grids import labelled_grid
     from boothkit.train import class_images, train
 
+    try:
+        check_subject_token(settings.token)
+    except ValueError as e:
+        raise BoothkitError(
+            f"--token {settings.token!r}: {e}", hint="pick a rare word such as sks or ohwx"
+        ) from e
     model = settings.model or str(shipped_model_dir())
     settings = replace(settings, model=model)
     out = Path(output)

@@ -123,7 +123,7 @@ def sample_scene(rng: random.Random) -> Scene:
 def caption(scene: Scene, subject_token: str | None = None) -> str:
     """The one caption of ``scene``; with ``subject_token`` the token takes the colour's place."""
     if subject_token is not None:
-        _check_token(subject_token)
+        check_subject_token(subject_token)
         look = subject_token
     elif scene.color is None:
         raise ValueError("a scene without a colour needs a subject_token to be captioned")
@@ -135,7 +135,8 @@ def caption(scene: Scene, subject_token: str | None = None) -> str:
     )
 
 
-def _check_token(token: str) -> None:
+def check_subject_token(token: str) -> None:
+    """Raise ValueError unless ``token`` can stand for a subject in a caption: one word, not a world word."""
     # A token that is a vocabulary word or has spaces would make the caption ambiguous to parse.
     if not token or any(ch.isspace() for ch in token) or token in _vocabulary_set():
         raise ValueError(f"subject token {token!r} must be one word outside the caption vocabulary")
@@ -150,7 +151,7 @@ def class_prompt(shape: str) -> str:
 def subject_prompt(subject_token: str, shape: str) -> str:
     """The bare instance prompt, e.g. "a photo of a sks star"."""
     _check("shape", shape, SHAPES)
-    _check_token(subject_token)
+    check_subject_token(subject_token)
     return f"a photo of a {subject_token} {shape}"
 
 
