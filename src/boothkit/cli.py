@@ -521,6 +521,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of the UNet's training objects painted in several colours, captioned without one",
     )
     tp.add_argument(
+        "--named-share",
+        dest="named_share",
+        type=float,
+        default=None,
+        help="share of those multi-colour objects named in the caption by a rare token (sks, zwx, ...)",
+    )
+    tp.add_argument(
         "--decoder-multicolor-share",
         dest="decoder_multicolor_share",
         type=float,

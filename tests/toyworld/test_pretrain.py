@@ -144,6 +144,26 @@ def test_rare_rows_at_trained_norm_lifts_only_the_unused_rows_and_keeps_their_di
     assert torch.allclose(rare_rows_at_trained_norm(out, used), out)  # a second pass changes nothing
 
 
+def test_named_share_names_only_multicolour_objects_with_a_rare_token_before_the_shape() -> None:
+    settings = PretrainSettings(caption_dropout=0.0, attribute_dropout=0.0, named_share=0.5)
+    plain = Scene("heart", "red", "large", "top left", "grass")
+    painted = dataclasses.replace(plain, color=None)
+    rng = random.Random(3)
+    assert {training_caption(plain, rng, settings) for _ in range(100)} == {caption(plain)}
+    texts = [training_caption(painted, rng, settings) for _ in range(400)]
+    unnamed = partial_caption(painted, ("size", "position", "background"))
+    named = [t for t in texts if t != unnamed]
+    assert 150 <= len(named) <= 250
+    # Every rare token, each right before the shape, where an instance prompt puts its identifier.
+    assert {t.split()[5] for t in named} == set(RARE_TOKENS)
+    for text in named:
+        assert text == partial_caption(painted, ("size", "position", "background"), text.split()[5])
+        assert text.split()[6] == "heart"
+    # Share 0 (every phase before it) names nothing.
+    off = PretrainSettings(caption_dropout=0.0, attribute_dropout=0.0)
+    assert {training_caption(painted, rng, off) for _ in range(50)} == {unnamed}
+
+
 def test_calibrate_tokens_lifts_sks_and_keeps_every_caption_encoding(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -500,7 +520,12 @@ def test_shipped_model_through_the_generate_and_grid_commands(tmp_path: Path) ->
 
 @pytest.mark.parametrize(
     ("flag", "value"),
-    [("--high-noise-share", "1.5"), ("--high-noise-from", "1000"), ("--decoder-multicolor-share", "-0.5")],
+    [
+        ("--high-noise-share", "1.5"),
+        ("--high-noise-from", "1000"),
+        ("--decoder-multicolor-share", "-0.5"),
+        ("--named-share", "1.5"),
+    ],
 )
 def test_pretrain_cli_refuses_timestep_settings_out_of_range(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str, value: str

@@ -119,6 +119,12 @@ class PretrainSettings:
     # word (never a subject's look): a model that never saw a multi-colour object cannot learn one
     # from a few photos, as a real base model has seen every kind of look before DreamBooth.
     multicolor_share: float = 0.0
+    # Share of those multi-colour objects whose caption names them with a rare token before the
+    # shape ("a photo of a large zwx heart ..."), one of RARE_TOKENS drawn afresh each time, as web
+    # captions name individuals whose look they do not describe. Not in the shipped model: a name
+    # that says nothing the rest of the caption does not is a word the model learns to ignore, and
+    # LoRA subject fidelity fell from 0.58-0.63 to 0.15 on a model continued this way (BENCHMARKS.md).
+    named_share: float = 0.0
     decoder_steps: int = 0  # decoder-only refinement after the UNet phase (encoder frozen)
     # Share of the decoder refinement's objects painted in several colours (never a subject's look):
     # a decoder that saw one-colour objects only blurs a subject's colour regions into one.
@@ -192,14 +198,17 @@ def held_out_scenes(n: int, seed: int = 1234) -> list[Scene]:
     return scenes
 
 
-def partial_caption(scene: Scene, keep: Iterable[str]) -> str:
-    """The scene's caption with only the attributes in ``keep`` said (the shape is always said)."""
+def partial_caption(scene: Scene, keep: Iterable[str], name: str = "") -> str:
+    """The scene's caption with only the attributes in ``keep`` said (the shape is always said),
+    and ``name`` (if any) right before the shape, where a DreamBooth prompt puts its identifier."""
     kept = set(keep)
     words = ["a photo of a"]
     if "size" in kept:
         words.append(scene.size)
     if "color" in kept and scene.color is not None:
         words.append(scene.color)
+    if name:
+        words.append(name)
     words.append(scene.shape)
     if "position" in kept:
         words.append(POSITION_PHRASES[scene.position])
@@ -217,7 +226,11 @@ def training_caption(scene: Scene, rng: random.Random, settings: PretrainSetting
     ]
     if len(keep) == 4 and scene.color is not None:
         return caption(scene)
-    return partial_caption(scene, keep)  # a multi-colour object (no colour) is never given a colour word
+    # A multi-colour object (no colour) is never given a colour word; it may be given a name.
+    name = ""
+    if scene.color is None and settings.named_share > 0 and rng.random() < settings.named_share:
+        name = rng.choice(RARE_TOKENS)
+    return partial_caption(scene, keep, name)
 
 
 def tokenizer_corpus() -> list[str]:
@@ -895,7 +908,7 @@ def check_sources(settings: PretrainSettings) -> None:
     range, before anything is written."""
     from boothkit.errors import BoothkitError
 
-    for name in ("high_noise_share", "multicolor_share", "decoder_multicolor_share"):
+    for name in ("high_noise_share", "multicolor_share", "named_share", "decoder_multicolor_share"):
         check_share(f"--{name.replace('_', '-')}", getattr(settings, name))
     if not 0 <= settings.high_noise_from <= 999:
         raise BoothkitError(f"--high-noise-from {settings.high_noise_from}: a timestep from 0 to 999")
