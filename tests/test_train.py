@@ -134,6 +134,60 @@ def test_text_encoder_lora_and_no_prior(tiny_model, photos, tmp_path) -> None:
     assert summary["class_images"] == 0
 
 
+def test_text_encoder_lora_on_its_mlps_trains_loads_and_exports(tiny_model, photos, tmp_path) -> None:
+    """--text-encoder-targets with fc1 fc2 (kohya's choice): the MLP adapters train, reload through
+    diffusers, change what it draws, and survive the kohya export."""
+    from diffusers import DiffusionPipeline
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from boothkit.cli import main
+
+    path = tiny_model("sd1")
+    targets = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
+    cfg = _config(
+        path, photos, tmp_path / "r", prior=False, train_text_encoder=True, text_encoder_targets=targets
+    )
+    result = train(cfg, progress=False, log=lambda s: None)
+    saved = load_file(result.weights[0])
+    mlp = {k: v for k, v in saved.items() if k.startswith("text_encoder.") and ".mlp.fc" in k}
+    assert {k.split(".mlp.")[1].split(".")[0] for k in mlp} == {"fc1", "fc2"}
+    assert any(k.endswith("lora_B.weight") and v.abs().max() > 0 for k, v in mlp.items())  # B starts at 0
+
+    def image(weights: Path) -> object:
+        pipe = DiffusionPipeline.from_pretrained(path)
+        pipe.set_progress_bar_config(disable=True)
+        pipe.load_lora_weights(str(weights))
+        return _image(pipe)
+
+    without = tmp_path / "without_mlp.safetensors"
+    save_file({k: v for k, v in saved.items() if k not in mlp}, str(without))
+    assert abs(image(result.weights[0]) - image(without)).max() > 1e-4
+
+    kohya = tmp_path / "kohya.safetensors"
+    assert main(["export", str(result.output), "--format", "kohya", "--output", str(kohya)]) == 0
+    with safe_open(str(kohya), "pt") as f:
+        keys = list(f.keys())
+    assert any(k.startswith("lora_te_") and "_mlp_fc1." in k for k in keys)
+    assert any(k.startswith("lora_te_") and "_mlp_fc2." in k for k in keys)
+
+
+def test_target_modules_that_match_nothing_are_refused_by_name(tiny_model, photos, tmp_path) -> None:
+    path = tiny_model("sd1")
+    with pytest.raises(BoothkitError, match=r"--text-encoder-targets \['fc3'\]"):
+        train(
+            _config(path, photos, tmp_path / "a", train_text_encoder=True, text_encoder_targets=("fc3",)),
+            progress=False,
+            log=lambda s: None,
+        )
+    with pytest.raises(BoothkitError, match=r"--target-modules \['to_z'\]"):
+        train(
+            _config(path, photos, tmp_path / "b", target_modules=("to_z",)),
+            progress=False,
+            log=lambda s: None,
+        )
+
+
 def test_user_class_dir_and_v_prediction(tiny_model, photos, tmp_path) -> None:
     path = tiny_model("sd2")
     class_dir = make_photos(tmp_path / "dogs", n=3)

@@ -97,7 +97,14 @@ class TrainConfig:
     target_modules: tuple[str, ...] = _opt(
         "UNet modules that get LoRA", default=("to_k", "to_q", "to_v", "to_out.0")
     )
-    train_text_encoder: bool = _opt("also train the text encoder(s) (LoRA on attention)", default=False)
+    train_text_encoder: bool = _opt(
+        "also train the text encoder(s) with LoRA on --text-encoder-targets", default=False
+    )
+    text_encoder_targets: tuple[str, ...] = _opt(
+        "text-encoder modules that get LoRA with --train-text-encoder (attention as diffusers does; "
+        "add fc1 fc2 for the MLPs too, as kohya's LoRA does)",
+        default=("q_proj", "k_proj", "v_proj", "out_proj"),
+    )
     text_encoder_lr: float | None = _opt("text encoder learning rate (default: --lr)", default=None)
     # Full fine-tune, textual inversion, pivotal tuning
     text_encoder_fraction: float = _opt(

@@ -20,7 +20,6 @@ from boothkit.families import Family
 from boothkit.io import atomic_save_safetensors
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
-TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 
 
 def lora_parameters(module: torch.nn.Module) -> list[torch.nn.Parameter]:
@@ -52,7 +51,13 @@ class LoRA:
             init_lora_weights="gaussian",
             target_modules=list(config.target_modules),
         )
-        model.unet.add_adapter(unet_config)
+        try:
+            model.unet.add_adapter(unet_config)
+        except ValueError as err:  # peft: "Target modules {...} not found in the base model"
+            raise BoothkitError(
+                f"no UNet module matched --target-modules {list(config.target_modules)}",
+                hint="name the modules' last parts, e.g. to_q to_k to_v to_out.0 (attention) or conv1 conv2",
+            ) from err
         self._configs["unet"] = unet_config
         groups: list[dict[str, Any]] = [{"params": self._trainable(model.unet), "lr": config.lr}]
         if config.train_text_encoder:
@@ -64,15 +69,19 @@ class LoRA:
                 lora_alpha=alpha,  # type: ignore[arg-type]  # peft accepts float alphas
                 lora_dropout=config.lora_dropout,
                 init_lora_weights="gaussian",
-                target_modules=TEXT_ENCODER_TARGETS,
+                target_modules=list(config.text_encoder_targets),
             )
             te_lr = config.text_encoder_lr or config.lr
             for prefix, encoder in zip(model.text_encoder_lora_prefixes(), model.text_encoders, strict=True):
-                encoder.add_adapter(te_config)
+                try:
+                    encoder.add_adapter(te_config)
+                except ValueError as err:
+                    raise BoothkitError(
+                        f"no text-encoder module matched --text-encoder-targets {list(config.text_encoder_targets)}",
+                        hint="CLIP's modules are q_proj k_proj v_proj out_proj (attention) and fc1 fc2 (MLP)",
+                    ) from err
                 self._configs[prefix] = te_config
                 groups.append({"params": self._trainable(encoder), "lr": te_lr})
-        if not groups[0]["params"]:
-            raise ValueError(f"no UNet module matched --target-modules {list(config.target_modules)}")
         return groups
 
     @staticmethod
