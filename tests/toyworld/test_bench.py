@@ -186,16 +186,18 @@ def test_bench_refuses_a_token_the_captions_cannot_hold(
     assert not (tmp_path / "b").exists()  # refused before anything was written
 
 
-def test_full_fine_tune_trains_the_text_encoder_and_overrides_win(tmp_path: Path) -> None:
+def test_full_and_lora_train_the_text_encoder_and_overrides_win(tmp_path: Path) -> None:
     from boothkit.toyworld.bench import train_config
 
     def config(settings: BenchSettings, method: str) -> Any:
         return train_config(settings, SUBJECT, method, True, tmp_path, tmp_path / "r", tmp_path / "b")
 
     assert config(BenchSettings(model="m"), "full").train_text_encoder  # as in the DreamBooth paper
-    assert not config(BenchSettings(model="m"), "lora").train_text_encoder
+    lora = config(BenchSettings(model="m"), "lora")  # as kohya's LoRA: attention and MLPs
+    assert lora.train_text_encoder and {"fc1", "fc2", "q_proj"} <= set(lora.text_encoder_targets)
+    assert not config(BenchSettings(model="m"), "pivotal").train_text_encoder  # it learns the embedding
     off = BenchSettings(model="m", overrides={"train_text_encoder": False})
-    assert not config(off, "full").train_text_encoder
+    assert not config(off, "full").train_text_encoder and not config(off, "lora").train_text_encoder
     assert config(BenchSettings(model="m", token="ohwx"), "lora").token == "ohwx"
 
 
