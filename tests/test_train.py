@@ -173,6 +173,44 @@ def test_text_encoder_lora_on_its_mlps_trains_loads_and_exports(tiny_model, phot
     assert back.unmapped == [] and max(back.max_abs_diff.values()) <= 1e-5
 
 
+def test_token_embedding_lora_loads_into_diffusers_and_export_says_why_it_cannot_convert(
+    tiny_model, photos, tmp_path, capsys
+) -> None:
+    """peft's LoRA on the token embedding (a low-rank update of every row, the identifier's
+    included): diffusers applies it; the kohya layout cannot hold it, and export says so."""
+    from diffusers import DiffusionPipeline
+    from safetensors.torch import save_file
+
+    from boothkit.cli import main
+
+    path = tiny_model("sd1")
+    targets = ("q_proj", "v_proj", "token_embedding")
+    cfg = _config(
+        path, photos, tmp_path / "r", prior=False, train_text_encoder=True, text_encoder_targets=targets
+    )
+    result = train(cfg, progress=False, log=lambda s: None)
+    saved = load_file(result.weights[0])
+    embedding = {k for k in saved if "token_embedding" in k}
+    assert embedding
+
+    def encoded(weights: Path) -> torch.Tensor:
+        pipe = DiffusionPipeline.from_pretrained(path)
+        pipe.load_lora_weights(str(weights))
+        ids = pipe.tokenizer(["a photo of sks dog"], return_tensors="pt").input_ids
+        with torch.no_grad():
+            return pipe.text_encoder(ids)[0]
+
+    without = tmp_path / "without_embedding.safetensors"
+    save_file({k: v for k, v in saved.items() if k not in embedding}, str(without))
+    assert (encoded(result.weights[0]) - encoded(without)).abs().max() > 1e-5
+
+    out = tmp_path / "k.safetensors"
+    assert main(["export", str(result.output), "--format", "kohya", "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "token embedding" in err and "--text-encoder-targets" in err and "Traceback" not in err
+    assert not out.exists()
+
+
 def test_target_modules_that_match_nothing_are_refused_by_name(tiny_model, photos, tmp_path) -> None:
     path = tiny_model("sd1")
     with pytest.raises(BoothkitError, match=r"--text-encoder-targets \['fc3'\]"):

@@ -102,7 +102,8 @@ class TrainConfig:
     )
     text_encoder_targets: tuple[str, ...] = _opt(
         "text-encoder modules that get LoRA with --train-text-encoder (attention as diffusers does; "
-        "add fc1 fc2 for the MLPs too, as kohya's LoRA does)",
+        "add fc1 fc2 for the MLPs too, as kohya's LoRA does; token_embedding adapts the token rows, "
+        "the identifier's included, but then the LoRA loads in diffusers only, not in kohya's layout)",
         default=("q_proj", "k_proj", "v_proj", "out_proj"),
     )
     text_encoder_lr: float | None = _opt("text encoder learning rate (default: --lr)", default=None)

@@ -555,6 +555,14 @@ def check_lora_matches(
     Loading such a LoRA fails deep inside peft (or, worse, silently skips layers); this names both
     sides instead: which family the LoRA was trained for and what the base model is.
     """
+    embedding = next((k for k in lora_state_dict if "lora_embedding_" in k), None)
+    if embedding is not None:
+        raise BoothkitError(
+            f"{lora_name} adapts a token embedding ({embedding}): the kohya layout has no place for it, "
+            "and boothkit converts and merges only LoRAs on linear and convolution layers",
+            hint="load the run folder as it is (boothkit generate --lora RUN, or diffusers' load_lora_weights), "
+            "or train without token_embedding in --text-encoder-targets",
+        )
     base_family = pipeline_family(pipe)
     layout = lora_layout(lora_state_dict)
     if layout == "kohya":
