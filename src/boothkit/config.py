@@ -26,6 +26,9 @@ LRSchedule = Literal[
     "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"
 ]
 
+# A CLIP text encoder layer's LoRA targets: attention (diffusers' default) and MLP (kohya adds it).
+TEXT_ENCODER_ATTENTION: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "out_proj")
+TEXT_ENCODER_MLP: tuple[str, ...] = ("fc1", "fc2")
 DEFAULT_VALIDATION_PROMPTS: tuple[str, ...] = (
     "a photo of {token} {class_noun}",
     "a photo of {token} {class_noun} in the snow",
@@ -104,7 +107,7 @@ class TrainConfig:
         "text-encoder modules that get LoRA with --train-text-encoder (attention as diffusers does; "
         "add fc1 fc2 for the MLPs too, as kohya's LoRA does; token_embedding adapts the token rows, "
         "the identifier's included, but then the LoRA loads in diffusers only, not in kohya's layout)",
-        default=("q_proj", "k_proj", "v_proj", "out_proj"),
+        default=TEXT_ENCODER_ATTENTION,
     )
     text_encoder_lr: float | None = _opt("text encoder learning rate (default: --lr)", default=None)
     # Full fine-tune, textual inversion, pivotal tuning

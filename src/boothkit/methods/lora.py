@@ -26,6 +26,17 @@ def lora_parameters(module: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for n, p in module.named_parameters() if "lora_" in n]
 
 
+def _check_targets(module: torch.nn.Module, targets: tuple[str, ...], flag: str, hint: str) -> None:
+    """Refuse target names that match no module of ``module`` (as peft matches them: the whole name or
+    its last dotted parts). peft itself refuses only a list where none matches and skips a typo."""
+    names = [name for name, _ in module.named_modules()]
+    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        raise BoothkitError(
+            f"{flag}: no module named {', '.join(missing)} in the {module.__class__.__name__}", hint=hint
+        )
+
+
 class LoRA:
     name = "lora"
 
@@ -51,13 +62,13 @@ class LoRA:
             init_lora_weights="gaussian",
             target_modules=list(config.target_modules),
         )
-        try:
-            model.unet.add_adapter(unet_config)
-        except ValueError as err:  # peft: "Target modules {...} not found in the base model"
-            raise BoothkitError(
-                f"no UNet module matched --target-modules {list(config.target_modules)}",
-                hint="name the modules' last parts, e.g. to_q to_k to_v to_out.0 (attention) or conv1 conv2",
-            ) from err
+        _check_targets(
+            model.unet,
+            config.target_modules,
+            "--target-modules",
+            hint="name the modules' last parts, e.g. to_q to_k to_v to_out.0 (attention) or conv1 conv2",
+        )
+        model.unet.add_adapter(unet_config)
         self._configs["unet"] = unet_config
         groups: list[dict[str, Any]] = [{"params": self._trainable(model.unet), "lr": config.lr}]
         if config.train_text_encoder:
@@ -73,13 +84,13 @@ class LoRA:
             )
             te_lr = config.text_encoder_lr or config.lr
             for prefix, encoder in zip(model.text_encoder_lora_prefixes(), model.text_encoders, strict=True):
-                try:
-                    encoder.add_adapter(te_config)
-                except ValueError as err:
-                    raise BoothkitError(
-                        f"no text-encoder module matched --text-encoder-targets {list(config.text_encoder_targets)}",
-                        hint="CLIP's modules are q_proj k_proj v_proj out_proj (attention) and fc1 fc2 (MLP)",
-                    ) from err
+                _check_targets(
+                    encoder,
+                    config.text_encoder_targets,
+                    "--text-encoder-targets",
+                    hint="CLIP's are q_proj k_proj v_proj out_proj (attention), fc1 fc2 (MLP), token_embedding",
+                )
+                encoder.add_adapter(te_config)
                 self._configs[prefix] = te_config
                 groups.append({"params": self._trainable(encoder), "lr": te_lr})
         return groups

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from boothkit.config import TEXT_ENCODER_ATTENTION, TEXT_ENCODER_MLP
 from boothkit.toyworld.oracles import colour_distribution, colour_drift, is_subject, measure
 from boothkit.toyworld.pretrain import RESOLUTION, generate, partial_caption, shipped_model_dir
 from boothkit.toyworld.scene import BACKGROUNDS, POSITIONS, SIZES, Scene, caption, check_subject_token
@@ -66,7 +67,7 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
         "lr": 2e-3,
         "rank": 16,
         "train_text_encoder": True,
-        "text_encoder_targets": ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"),
+        "text_encoder_targets": TEXT_ENCODER_ATTENTION + TEXT_ENCODER_MLP,
     },
     "full": {"steps": 400, "lr": 5e-4, "train_text_encoder": True},
     "ti": {"steps": 300, "lr": 5e-3, "ti_lr": 5e-3},
