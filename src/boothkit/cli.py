@@ -528,6 +528,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of those multi-colour objects named in the caption by a rare token (sks, zwx, ...)",
     )
     tp.add_argument(
+        "--fine-attention",
+        dest="fine_attention",
+        action="store_true",
+        default=None,
+        help="cross-attention at the first (finest) UNet level too; with --init-from, added to that model",
+    )
+    tp.add_argument(
         "--decoder-multicolor-share",
         dest="decoder_multicolor_share",
         type=float,

@@ -40,6 +40,7 @@ from boothkit.toyworld.pretrain import (
     training_caption,
     training_scene,
     weighted_reconstruction_loss,
+    with_fine_attention,
 )
 
 # The shipped model (v3) draws what a held-out caption asks for: measured with 56 captions, shape
@@ -251,8 +252,13 @@ def test_pretrain_smoke_writes_a_loadable_sd1_folder(tmp_path: Path) -> None:
         high_noise_share=0.5,
         keep="last",
         rare_token_norm=True,
+        fine_attention=True,
     )
     again = pretrain(tmp_path / "more", more, log=lambda _line: None)
+    assert "cross-attention added at the first level" in (again / "pretrain_log.txt").read_text()
+    unet_config = json.loads((again / "unet" / "config.json").read_text())
+    assert unet_config["down_block_types"][0] == "CrossAttnDownBlock2D"
+    assert unet_config["only_cross_attention"] == [True, False, False]
     assert "continuing from" in (again / "pretrain_log.txt").read_text()
     assert "switching to the zero-snr schedule" in (again / "pretrain_log.txt").read_text()
     assert "done: kept step 2 (last)" in (again / "pretrain_log.txt").read_text()
@@ -357,6 +363,45 @@ def test_unet_levels_set_the_lowest_resolution(tmp_path: Path, levels: int, bott
     assert out.shape == (1, 4, 24, 24) and seen == [bottom]
     with pytest.raises(ValueError, match="levels 5"):
         build_components(PretrainSettings(levels=5), tmp_path / "tok5")
+
+
+def test_fine_attention_is_added_as_an_identity_that_then_listens_to_the_caption(tmp_path: Path) -> None:
+    """Continuing a model with --fine-attention adds cross-attention at the first level: the grown
+    UNet computes exactly what the old one did, every old weight kept, and once the new blocks'
+    output projections move the caption reaches the first level through them."""
+    torch.manual_seed(0)
+    unet = build_components(PretrainSettings(), tmp_path / "tok")["unet"].eval()
+    assert unet.config.down_block_types[0] == "DownBlock2D"
+    grown = with_fine_attention(unet).eval()
+    assert grown.config.down_block_types[0] == "CrossAttnDownBlock2D"
+    assert grown.config.up_block_types[-1] == "CrossAttnUpBlock2D"
+    old = unet.state_dict()
+    assert all(torch.equal(v, grown.state_dict()[k]) for k, v in old.items())
+    x, t, text = torch.randn(2, 4, 24, 24), torch.tensor([10, 900]), torch.randn(2, MAX_TOKENS, 64)
+    with torch.no_grad():
+        assert torch.equal(unet(x, t, text).sample, grown(x, t, text).sample)
+        block = grown.down_blocks[0].attentions[0]
+        torch.nn.init.normal_(block.proj_out.weight, std=0.1)
+        seen: list[torch.Tensor] = []
+        block.register_forward_hook(lambda _m, _i, out: seen.append(out[0]))
+        moved = grown(x, t, text).sample
+        grown(x, t, torch.randn(2, MAX_TOKENS, 64))
+    assert not torch.allclose(moved, unet(x, t, text).sample)
+    assert not torch.allclose(seen[0], seen[1])  # the first level's output depends on the caption
+    assert with_fine_attention(grown) is grown
+    built = build_components(PretrainSettings(fine_attention=True), tmp_path / "tok2")["unet"]
+    assert built.config.down_block_types == grown.config.down_block_types
+
+
+def test_pretrain_cli_flags_reach_the_settings() -> None:
+    from boothkit.cli import build_parser
+    from boothkit.toyworld.pretrain import settings_from_args
+
+    args = ["toyworld", "pretrain", "--output", "x", "--fine-attention", "--multicolor-share", "0.25"]
+    settings = settings_from_args(build_parser().parse_args(args))
+    assert settings.fine_attention is True and settings.multicolor_share == 0.25
+    plain = settings_from_args(build_parser().parse_args(["toyworld", "pretrain", "--output", "x"]))
+    assert plain.fine_attention is False and plain == PretrainSettings()
 
 
 def test_pooled_caption_joins_the_time_embedding(tmp_path: Path) -> None:
