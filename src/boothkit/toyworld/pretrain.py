@@ -468,9 +468,7 @@ def build_components(settings: PretrainSettings, tokenizer_dir: Path) -> dict[st
         out_channels=4,
         layers_per_block=1,
         block_out_channels=tuple(w * (i + 1) for i in range(levels)),
-        down_block_types=unet_block_types(levels, settings.fine_attention)[0],
-        up_block_types=unet_block_types(levels, settings.fine_attention)[1],
-        only_cross_attention=fine_only_cross_attention(levels) if settings.fine_attention else False,
+        **unet_layout(levels, settings.fine_attention),
         norm_num_groups=16,
         cross_attention_dim=hidden,
         attention_head_dim=4,  # diffusers reads this as the number of heads
@@ -493,22 +491,19 @@ def build_components(settings: PretrainSettings, tokenizer_dir: Path) -> dict[st
     }
 
 
-def unet_block_types(levels: int, fine_attention: bool) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(down, up) block types: cross-attention at every level but the first, or at every level."""
+def unet_layout(levels: int, fine_attention: bool) -> dict[str, Any]:
+    """The UNet's block types: cross-attention at every level but the first, or, with
+    ``fine_attention``, at the first too, where it attends to the caption only (both attention
+    layers): self-attention over 24 x 24 pixels tripled a CPU training step, and what the level
+    lacks is the caption (576 x 32 scores, not 576 x 576)."""
     first_down, last_up = (
         ("CrossAttnDownBlock2D", "CrossAttnUpBlock2D") if fine_attention else ("DownBlock2D", "UpBlock2D")
     )
-    down = (first_down, *("CrossAttnDownBlock2D",) * (levels - 1))
-    return down, (*("CrossAttnUpBlock2D",) * (levels - 1), last_up)
-
-
-def fine_only_cross_attention(levels: int) -> tuple[bool, ...]:
-    """Per down block, whether its transformer attends to the caption only: the first level's does.
-
-    Self-attention over its 24 x 24 pixels tripled a CPU training step; what the level lacks is the
-    caption, so both of its attention layers attend to the caption (576 x 32 scores, not 576 x 576).
-    """
-    return (True, *(False,) * (levels - 1))
+    return {
+        "down_block_types": (first_down, *("CrossAttnDownBlock2D",) * (levels - 1)),
+        "up_block_types": (*("CrossAttnUpBlock2D",) * (levels - 1), last_up),
+        "only_cross_attention": (True, *(False,) * (levels - 1)) if fine_attention else False,
+    }
 
 
 def with_fine_attention(unet: Any) -> Any:
@@ -520,15 +515,11 @@ def with_fine_attention(unet: Any) -> Any:
     """
     from diffusers import UNet2DConditionModel
 
-    levels = len(unet.config.block_out_channels)
-    down, up = unet_block_types(levels, fine_attention=True)
-    if tuple(unet.config.down_block_types) == down:
+    layout = unet_layout(len(unet.config.block_out_channels), fine_attention=True)
+    if tuple(unet.config.down_block_types) == layout["down_block_types"]:
         return unet
     config = {k: v for k, v in unet.config.items() if not k.startswith("_")}
-    only_cross = fine_only_cross_attention(levels)
-    grown: Any = UNet2DConditionModel(
-        **{**config, "down_block_types": down, "up_block_types": up, "only_cross_attention": only_cross}
-    )
+    grown: Any = UNet2DConditionModel(**{**config, **layout})
     missing, unexpected = grown.load_state_dict(unet.state_dict(), strict=False)
     if unexpected or any(".attentions." not in k for k in missing):
         raise ValueError(f"cannot add fine attention: unexpected {unexpected}, missing {missing}")
