@@ -177,6 +177,28 @@ def test_pivotal_phases_and_generate(family, tiny_model, photos, tmp_path) -> No
     assert abs(_image(pipe, PROMPT.format("<sks>")) - _image(base, PROMPT.format("<sks>"))).max() > 1e-4
 
 
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_pivotal_with_text_encoder_lora_loads(family, tiny_model, photos, tmp_path) -> None:
+    """Pivotal tuning with --train-text-encoder: the new token grows the encoders' vocabularies, and
+    the LoRA file must still hold LoRA matrices only (a whole embedding matrix in it made diffusers
+    refuse the file: "all LoRA param names contain 'lora'")."""
+    out = tmp_path / "run"
+    _run(tiny_model(family), photos, out, "pivotal", train_text_encoder=True)
+    keys = list(load_file(out / "pytorch_lora_weights.safetensors"))
+    assert all("lora" in k for k in keys), [k for k in keys if "lora" not in k]
+    assert any(k.startswith("text_encoder.") for k in keys)
+    from boothkit.generate import load_pipeline, parse_adapter
+
+    pipe = load_pipeline(str(tiny_model(family)), [parse_adapter(str(out))])
+    assert "<sks>" in pipe.tokenizer.get_vocab()
+    te_lora = [n for n, _ in pipe.text_encoder.named_parameters() if "lora_B" in n]
+    assert te_lora, "the text encoder's LoRA was not applied"
+    no_te = load_pipeline(str(tiny_model(family)), [parse_adapter(str(out))])
+    no_te.text_encoder.disable_adapters()
+    prompt = PROMPT.format("<sks>")
+    assert abs(_image(pipe, prompt) - _image(no_te, prompt)).max() > 1e-4
+
+
 def test_existing_token_is_refused_for_ti(tiny_model, photos, tmp_path) -> None:
     model = load_model(str(tiny_model("sd1")))
     model.tokenizers[0].add_tokens(["<sks>"])

@@ -124,10 +124,13 @@ class LoRA:
         `save_lora_weights` prefixes with the component name and diffusers' loader reads as they are."""
         from peft.utils import get_peft_model_state_dict
 
-        out = {"unet": get_peft_model_state_dict(model.unet)}
+        # save_embedding_layers=False: peft would otherwise add the whole token-embedding matrix of
+        # an encoder whose vocabulary grew (pivotal tuning's new token), a key without "lora" that
+        # diffusers' loader refuses; the new token's vectors are saved apart (learned_embeds).
+        out = {"unet": get_peft_model_state_dict(model.unet, save_embedding_layers=False)}
         if self._train_te:
             for prefix, encoder in zip(model.text_encoder_lora_prefixes(), model.text_encoders, strict=True):
-                out[prefix] = get_peft_model_state_dict(encoder)
+                out[prefix] = get_peft_model_state_dict(encoder, save_embedding_layers=False)
         return out
 
     def save(self, model: Family, out_dir: Path, metadata: dict[str, str]) -> list[Path]:
