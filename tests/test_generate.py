@@ -148,3 +148,12 @@ def test_two_adapters_equal_their_merged_equivalent(tiny_model, runs, tmp_path) 
     merged = image(twice, [])
     assert np.abs(stacked - merged).max() < 1e-3
     assert np.abs(stacked - image(tiny_model("sd1"), [])).max() > 1e-3  # not vacuous
+
+
+def test_two_runs_with_the_same_token_are_refused_by_name(tiny_model, runs) -> None:
+    """Two textual-inversion runs both learned <sks>: the second can't take the token, and the message
+    says which file and what to do, instead of diffusers' "already in tokenizer vocabulary"."""
+    ti = parse_adapter(str(runs["sd1_ti"]))
+    with pytest.raises(BoothkitError, match=r"token <sks> is already taken") as info:
+        load_pipeline(str(tiny_model("sd1")), [ti, ti])
+    assert "learned_embeds.safetensors" in str(info.value) and "--token" in (info.value.hint or "")

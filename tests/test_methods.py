@@ -216,6 +216,8 @@ def test_existing_token_is_refused_for_ti(tiny_model, photos, tmp_path) -> None:
 
 def test_method_flags_are_validated() -> None:
     req = {"model": "m", "images": "i", "output": "o", "prior": False}
+    with pytest.raises(BoothkitError, match="--train-text-encoder does not apply to --method ti"):
+        TrainConfig(**req, method="ti", class_noun="dog", train_text_encoder=True)  # type: ignore[arg-type]
     with pytest.raises(BoothkitError, match="--ema applies to --method full"):
         TrainConfig(**req, ema=True)  # type: ignore[arg-type]
     with pytest.raises(BoothkitError, match="needs a word to start the new token"):

@@ -239,6 +239,12 @@ def _validate(c: TrainConfig) -> None:
         raise BoothkitError(
             f"--method {c.method} needs a word to start the new token from: pass --class-noun or --initializer-token"
         )
+    if c.train_text_encoder and c.method == "ti":
+        raise BoothkitError(
+            "--train-text-encoder does not apply to --method ti: textual inversion trains the new token's "
+            "embedding only",
+            hint="drop --train-text-encoder, or use --method pivotal (the embedding and a LoRA)",
+        )
     if c.ema and c.method != "full":
         raise BoothkitError("--ema applies to --method full", hint="drop --ema, or use --method full")
     if c.save_single_file and c.method != "full":

@@ -110,6 +110,12 @@ def load_embeddings(pipe: Any, path: Path) -> str:
     token = meta.get("boothkit_placeholder") or (next(iter(tensors)) if len(tensors) == 1 else None)
     if token is None:
         token = f"<{path.stem}>"
+    if token in pipe.tokenizer.get_vocab():
+        raise BoothkitError(
+            f"could not load embeddings {path}: the token {token} is already taken "
+            "(by another --lora's embeddings, or a word of the base model)",
+            hint="runs used together need different tokens: train one of them with another --token, e.g. --token zwx",
+        )
     try:
         if "clip_l" in tensors:  # SDXL: one set of vectors per text encoder
             if getattr(pipe, "text_encoder_2", None) is None:
