@@ -433,3 +433,51 @@ def test_compare_grid_takes_textual_inversion_and_pivotal_runs(tiny_model, photo
         ]
     )
     assert code == 0 and out.is_file()
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_compare_rows_of_runs_that_learned_the_same_token(family, tiny_model, photos, tmp_path) -> None:
+    """Two TI runs of <sks> with different settings, the usual comparison: each row renders exactly
+    what its run renders alone, and one cell can't hold both."""
+    from boothkit.config import TrainConfig
+    from boothkit.generate import load_pipeline, parse_adapter
+    from boothkit.studies import Cell, Renderer, Sampling
+    from boothkit.train import train
+    from conftest import fast_settings
+
+    model = tiny_model(family)
+    runs = []
+    for name, ti_lr in (("slow", 0.02), ("fast", 0.2)):
+        cfg = TrainConfig(
+            model=str(model),
+            images=str(photos),
+            output=str(tmp_path / name),
+            class_noun="dog",
+            method="ti",
+            num_vectors=2,
+            **fast_settings(steps=2, ti_lr=ti_lr),
+        )  # type: ignore[arg-type]
+        runs.append(parse_adapter(str(train(cfg, progress=False, log=lambda s: None).output)))
+    sampling = Sampling(steps=2, guidance=5.0, width=32, height=32)
+    prompt = "a photo of <sks> dog"
+    renderer = Renderer.load(str(model))
+    # Row order slow, fast, slow: the second visit must restore the first run's vectors.
+    grid = [np.asarray(renderer.render(Cell(prompt, 0, 5.0, (run,)), sampling)) for run in (*runs, runs[0])]
+
+    def alone(run) -> np.ndarray:
+        pipe = load_pipeline(str(model), [run])
+        return np.asarray(
+            pipe(
+                prompt,
+                num_inference_steps=2,
+                guidance_scale=5.0,
+                width=32,
+                height=32,
+                generator=__import__("torch").Generator("cpu").manual_seed(0),
+            ).images[0]
+        )
+
+    assert np.array_equal(grid[0], alone(runs[0])) and np.array_equal(grid[1], alone(runs[1]))
+    assert np.array_equal(grid[2], grid[0]) and not np.array_equal(grid[0], grid[1])
+    with pytest.raises(BoothkitError, match="both learned <sks>"):
+        renderer.render(Cell(prompt, 0, 5.0, tuple(runs)), sampling)

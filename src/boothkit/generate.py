@@ -99,8 +99,9 @@ def is_embeddings_file(path: Path) -> bool:
     return bool(keys) and (set(keys) <= {"clip_l", "clip_g"} or (len(keys) == 1 and "lora" not in keys[0]))
 
 
-def load_embeddings(pipe: Any, path: Path) -> str:
-    """Add learned token embeddings to the pipeline's tokenizer(s); returns the token to use in prompts."""
+def read_embeddings(path: Path) -> tuple[str, list[Any]]:
+    """(the token a run's embeddings file learned, its vectors per text encoder as [n, dim] tensors):
+    one tensor, or SDXL's two (``clip_l``, ``clip_g``)."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
@@ -110,6 +111,21 @@ def load_embeddings(pipe: Any, path: Path) -> str:
     token = meta.get("boothkit_placeholder") or (next(iter(tensors)) if len(tensors) == 1 else None)
     if token is None:
         token = f"<{path.stem}>"
+    if "clip_l" in tensors:
+        vectors = [tensors["clip_l"], tensors["clip_g"]]
+    else:
+        vectors = [next(iter(tensors.values()))]
+    return token, [v.reshape(-1, v.shape[-1]) for v in vectors]
+
+
+def token_names(token: str, n: int) -> list[str]:
+    """The tokenizer entries of an n-vector token, as diffusers' `load_textual_inversion` adds them."""
+    return [token] + [f"{token}_{i}" for i in range(1, n)]
+
+
+def load_embeddings(pipe: Any, path: Path) -> str:
+    """Add learned token embeddings to the pipeline's tokenizer(s); returns the token to use in prompts."""
+    token, vectors = read_embeddings(path)
     if token in pipe.tokenizer.get_vocab():
         raise BoothkitError(
             f"could not load embeddings {path}: the token {token} is already taken "
@@ -117,19 +133,19 @@ def load_embeddings(pipe: Any, path: Path) -> str:
             hint="runs used together need different tokens: train one of them with another --token, e.g. --token zwx",
         )
     try:
-        if "clip_l" in tensors:  # SDXL: one set of vectors per text encoder
+        if len(vectors) == 2:  # SDXL: one set of vectors per text encoder
             if getattr(pipe, "text_encoder_2", None) is None:
                 raise BoothkitError(
                     f"{path} holds SDXL embeddings (clip_l/clip_g) but the base model is not SDXL"
                 )
             pipe.load_textual_inversion(
-                tensors["clip_l"], token=token, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer
+                vectors[0], token=token, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer
             )
             pipe.load_textual_inversion(
-                tensors["clip_g"], token=token, text_encoder=pipe.text_encoder_2, tokenizer=pipe.tokenizer_2
+                vectors[1], token=token, text_encoder=pipe.text_encoder_2, tokenizer=pipe.tokenizer_2
             )
         else:
-            pipe.load_textual_inversion(next(iter(tensors.values())), token=token)
+            pipe.load_textual_inversion(vectors[0], token=token)
     except (ValueError, RuntimeError) as e:
         raise BoothkitError(
             f"could not load embeddings {path} into this base model: {str(e).splitlines()[0]}",

@@ -169,7 +169,11 @@ class Renderer:
         self.scheduler = scheduler or type(self.pipe.scheduler).__name__
         self.model_label = model_label or family.source.spec
         self._names: dict[Path, str] = {}
-        self._embeddings: set[Path] = set()
+        # Learned tokens: each embeddings file's (token, vectors per text encoder); per token, the
+        # file loaded first; per adapter, its embeddings file (a TI or pivotal run).
+        self._vectors: dict[Path, tuple[str, list[Any]]] = {}
+        self._first: dict[str, Path] = {}
+        self._embeddings_of: dict[Path, Path] = {}
         self._active: tuple[tuple[Path, float], ...] | None = None
 
     @classmethod
@@ -199,14 +203,50 @@ class Renderer:
         }
 
     def _load_embeddings(self, path: Path) -> None:
-        """Add a run's learned token(s) to the tokenizer once. Tokens are global to the pipeline: a row
-        without that run renders its placeholder with the learned vectors too (only prompts that
-        name the placeholder are affected)."""
-        from boothkit.generate import load_embeddings
+        """Learn a run's token once. Runs that learned the same token (two TI runs of ``<sks>`` with
+        different settings, the usual comparison) share its tokenizer entry, and each cell puts its own
+        run's vectors in it (:meth:`_use_vectors`); a row without any of them uses the vectors of the
+        file loaded first (only prompts that name the token are affected)."""
+        from boothkit.generate import load_embeddings, read_embeddings
 
-        if path not in self._embeddings:
+        if path in self._vectors:
+            return
+        token, vectors = read_embeddings(path)
+        first = self._first.get(token)
+        if first is None:
             load_embeddings(self.pipe, path)
-            self._embeddings.add(path)
+            self._first[token] = path
+        elif [v.shape for v in vectors] != [v.shape for v in self._vectors[first][1]]:
+            raise BoothkitError(
+                f"{path} and {first} both learned {token}, with different numbers of vectors or widths",
+                hint="compare runs of the same family and --num-vectors, or train one with another --token",
+            )
+        self._vectors[path] = (token, vectors)
+
+    def _use_vectors(self, embeddings: Sequence[Path]) -> None:
+        """Put each learned token's vectors for this cell into the text encoder(s)."""
+        import torch
+
+        from boothkit.generate import token_names
+
+        chosen: dict[str, Path] = {}
+        for path in embeddings:
+            token = self._vectors[path][0]
+            if token in chosen and chosen[token] != path:
+                raise BoothkitError(
+                    f"one cell uses {chosen[token]} and {path}, which both learned {token}",
+                    hint="put them in different rows, or train one with another --token",
+                )
+            chosen[token] = path
+        encoders = [e for e in (self.pipe.text_encoder, getattr(self.pipe, "text_encoder_2", None)) if e]
+        tokenizers = [t for t in (self.pipe.tokenizer, getattr(self.pipe, "tokenizer_2", None)) if t]
+        for token, first in self._first.items():
+            vectors = self._vectors[chosen.get(token, first)][1]
+            for encoder, tokenizer, v in zip(encoders, tokenizers, vectors, strict=False):
+                ids = tokenizer.convert_tokens_to_ids(token_names(token, v.shape[0]))
+                weight = encoder.get_input_embeddings().weight
+                with torch.no_grad():
+                    weight[ids] = v.to(device=weight.device, dtype=weight.dtype)
 
     def _adapter_name(self, adapter: Adapter) -> str | None:
         if adapter.path in self._names:
@@ -215,9 +255,11 @@ class Renderer:
 
         if is_embeddings_file(adapter.path):  # a textual-inversion run: no LoRA to switch
             self._load_embeddings(adapter.path)
+            self._embeddings_of[adapter.path] = adapter.path
             return None
         if (adapter.path.parent / EMBEDDINGS_FILE).exists():  # pivotal tuning: LoRA + embeddings
             self._load_embeddings(adapter.path.parent / EMBEDDINGS_FILE)
+            self._embeddings_of[adapter.path] = adapter.path.parent / EMBEDDINGS_FILE
         name = f"study_{len(self._names)}"
         source, kwargs = _lora_source(adapter)
         try:
@@ -258,6 +300,8 @@ class Renderer:
                 self.pipe.set_adapters([n for n, _ in loras], adapter_weights=[w for _, w in loras])
             elif self._names:
                 self.pipe.disable_lora()
+        if self._first:
+            self._use_vectors([self._embeddings_of[p] for p in merged if p in self._embeddings_of])
         self._active = key
 
     def render(self, cell: Cell, sampling: Sampling) -> Image.Image:
