@@ -411,3 +411,29 @@ def test_class_prompts_and_class_dir_together_are_refused(tiny_model, photos, tm
         )
     with pytest.raises(BoothkitError, match="one-line prompt"):
         _config(tiny_model("sd1"), photos, tmp_path / "r", class_prompts=("  ",))
+
+
+def test_an_instance_prompt_without_the_token_is_refused_before_any_work(photos, tmp_path, capsys) -> None:
+    from boothkit.cli import main as cli_main
+
+    out = tmp_path / "run"
+    code = cli_main(
+        [
+            "train",
+            "--model",
+            str(tmp_path / "not-loaded-yet"),
+            "--images",
+            str(photos),
+            "--output",
+            str(out),
+            "--class-noun",
+            "dog",
+            "--instance-prompt",
+            "a photo of a dog",
+            "--resolution",
+            "32",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "does not name the token" in err and "Traceback" not in err
+    assert not out.exists()  # refused before the model loads or anything is written

@@ -508,11 +508,20 @@ def train(
     from tqdm.auto import tqdm
 
     from boothkit.checkpoint import fault_point, save_checkpoint
+    from boothkit.data.captions import check_prompts_name_token
+    from boothkit.methods.textual_inversion import placeholder_tokens
 
     started = time.time()
     out = Path(config.output).expanduser()
     resume_from = _resume_point(config, out)
     images = check_instance_images(config)  # before the model loads: bad photos fail in seconds
+    check_prompts_name_token(
+        images,
+        Path(config.images).expanduser(),
+        template=config.instance_prompt,
+        # TI and pivotal prompts use the new placeholder ("<sks>"), never the word itself.
+        token=config.token if config.method in ("lora", "full") else placeholder_tokens(config.token, 1)[0],
+    )
     if resume_from is None:
         prepare_output(out)
     run = prepare(config, model, log, images)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from boothkit.data.captions import instance_prompts, read_captions, render_prompt
+from boothkit.data.captions import check_prompts_name_token, instance_prompts, read_captions, render_prompt
 from boothkit.errors import BoothkitError
 
 
@@ -133,3 +133,25 @@ def test_a_bad_placeholder_in_a_caption_names_the_image(tmp_path: Path) -> None:
     (tmp_path / "a.txt").write_text("a {tokn}")
     with pytest.raises(BoothkitError, match=r"caption of a\.jpg: .*\{tokn\}"):
         instance_prompts([tmp_path / "a.jpg"], tmp_path, template="{token}", token="sks", class_noun=None)
+
+
+def test_instance_prompts_must_name_the_token(folder: Path, tmp_path: Path) -> None:
+    images = [folder / "a.jpg", folder / "b.png", folder / "d.webp"]
+    check_prompts_name_token(images, folder, template="a photo of {token} {class_noun}", token="sks")
+    check_prompts_name_token(images, folder, template="a photo of sks dog", token="sks")  # the word itself
+    with pytest.raises(BoothkitError, match=r"--instance-prompt 'a photo of a dog' does not name the token"):
+        check_prompts_name_token(images, folder, template="a photo of a dog", token="sks")
+    with pytest.raises(BoothkitError, match="does not name the token"):
+        check_prompts_name_token(images, folder, template="a photo of sksdog", token="sks")  # not a word
+    # Textual inversion prompts hold the placeholder: the bare word would leave the embedding out.
+    check_prompts_name_token(images, folder, template="a photo of <sks> dog", token="<sks>")
+    with pytest.raises(BoothkitError, match="does not name the token"):
+        check_prompts_name_token(images, folder, template="a photo of sks dog", token="<sks>")
+    photos = tmp_path / "p"
+    photos.mkdir()
+    for name in ("x.jpg", "y.jpg"):
+        (photos / name).write_bytes(b"")
+    (photos / "y.txt").write_text("a photo of a dog on a beach")
+    with pytest.raises(BoothkitError, match=r"caption of y\.jpg \('a photo of a dog on a beach'\)") as info:
+        check_prompts_name_token(sorted(photos.glob("*.jpg")), photos, template="{token}", token="sks")
+    assert "{token}" in (info.value.hint or "")

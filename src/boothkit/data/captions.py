@@ -154,6 +154,44 @@ def _relative(path: Path, folder: Path) -> str | None:
     return None if outside else Path(rel).as_posix()
 
 
+def names_token(prompt: str, token: str) -> bool:
+    """Whether a prompt template names the token: as ``{token}`` or as the word itself."""
+    if any(name == "token" for _, name, _, _ in _fields(prompt)):
+        return True
+    return re.search(rf"(?<!\w){re.escape(token)}(?!\w)", prompt) is not None
+
+
+def _fields(template: str) -> list[tuple[str, str | None, str | None, str | None]]:
+    try:
+        return list(string.Formatter().parse(template))
+    except ValueError:
+        return []  # render_prompt reports the unmatched brace
+
+
+def check_prompts_name_token(image_paths: Sequence[Path], folder: Path, *, template: str, token: str) -> None:
+    """Refuse instance prompts that do not name the token (``{token}``, or the word as prompts will
+    hold it: ``sks``, or ``<sks>`` for textual inversion and pivotal tuning). A photo trained
+    without it teaches the class noun, not the identifier, the subject's look. Checked on the
+    templates, before any work."""
+    captions = read_captions(folder)
+    how = f"{{token}} or {token}"
+    for path in image_paths:
+        rel = _relative(Path(path), Path(folder))
+        caption = captions.get(rel) if rel is not None else None
+        if caption is None:
+            if not names_token(template, token):
+                raise BoothkitError(
+                    f"--instance-prompt {template!r} does not name the token ({how})",
+                    hint="write {token} where the subject goes, e.g. 'a photo of {token} {class_noun}'",
+                )
+        elif not names_token(caption, token):
+            raise BoothkitError(
+                f"caption of {rel} ({caption!r}) does not name the token ({how})",
+                hint="write {token} where the caption names the subject, "
+                "e.g. 'a photo of {token} {class_noun} on a beach'",
+            )
+
+
 def instance_prompts(
     image_paths: Sequence[Path], folder: Path, *, template: str, token: str, class_noun: str | None
 ) -> list[str]:
