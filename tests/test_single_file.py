@@ -337,3 +337,27 @@ def test_malformed_headers_are_boothkit_errors(models: dict[str, Path], tmp_path
         assert name in str(info.value)
     with pytest.raises(BoothkitError, match="does not exist"):
         detect_single_file_family(tmp_path / "missing.safetensors")
+
+
+def test_generate_and_grid_read_a_single_files_configs_from_model_config(
+    models: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Offline, a single-file checkpoint's configs can't come from the hub: the message says to pass
+    --model-config, and generate / grid take it as train does."""
+    from boothkit.cli import main as cli_main
+
+    path = save_single_file(models["sd1"], tmp_path / "m.safetensors")
+    args = ["--model", str(path), "--steps", "2", "--width", "32", "--height", "32", "--quiet"]
+    code = cli_main(["generate", *args, "--prompt", "a dog", "--output", str(tmp_path / "g")])
+    err = capsys.readouterr().err
+    assert code == 2 and "single-file sd1 checkpoint" in err and "--model-config" in err
+    assert "Traceback" not in err
+    args += ["--model-config", str(models["sd1"])]
+    assert cli_main(["generate", *args, "--prompt", "a dog", "--output", str(tmp_path / "g")]) == 0
+    assert len(list((tmp_path / "g").glob("*.png"))) == 1
+    grid = tmp_path / "seeds.png"
+    assert (
+        cli_main(["grid", "seeds", *args, "--prompt", "a dog", "--num-seeds", "2", "--output", str(grid)])
+        == 0
+    )
+    assert grid.is_file()

@@ -116,6 +116,7 @@ def _generate(ns: argparse.Namespace) -> int:
         output=ns.output,
         device=ns.device,
         allow_pickle=ns.allow_pickle,
+        model_config=ns.model_config,
     )
     for p in paths:
         print(p)
@@ -293,6 +294,7 @@ def _grid(ns: argparse.Namespace) -> int:
         scheduler=ns.scheduler,
         device=ns.device,
         allow_pickle=ns.allow_pickle,
+        model_config=ns.model_config,
     )
     output = ns.output or f"grid-{ns.kind}.png"
     if not str(output).lower().endswith(".png"):  # before rendering, not after
@@ -327,6 +329,7 @@ def _morph(ns: argparse.Namespace) -> int:
         output=ns.output,
         batch_size=ns.batch_size,
         allow_pickle=ns.allow_pickle,
+        model_config=ns.model_config,
         progress=not ns.quiet,
     )
     seeds = " ".join(str(s) for s in result.seeds)
@@ -359,6 +362,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", parents=[common], help="generate images with a base model and LoRAs")
     g.add_argument("--model", required=True, help="base model: hub id, diffusers folder or .safetensors")
+    g.add_argument(
+        "--model-config",
+        default=None,
+        help="a single-file --model's configs: the diffusers folder or hub id it was made from",
+    )
     g.add_argument(
         "--lora", action="append", help="run folder or .safetensors, optionally :weight (repeatable)"
     )
@@ -602,6 +610,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     def sampling_flags(q: argparse.ArgumentParser, steps: int = 30) -> None:
         q.add_argument("--model", required=True, help="base model: hub id, diffusers folder or .safetensors")
+        q.add_argument(
+            "--model-config",
+            default=None,
+            help="a single-file --model's configs: the diffusers folder or hub id it was made from",
+        )
         q.add_argument(
             "--lora",
             action="append",

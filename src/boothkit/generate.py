@@ -260,6 +260,7 @@ def generate(
     output: str | Path = "outputs",
     device: str = "cpu",
     allow_pickle: bool = False,
+    model_config: str | None = None,
 ) -> list[Path]:
     """Generate `num_images` images (image k from seed + k) and save them with their parameters."""
     from boothkit.io import atomic_save_image
@@ -267,7 +268,7 @@ def generate(
     if num_images <= 0 or steps <= 0:
         raise BoothkitError("--num-images and --steps must be positive")
     adapters = adapters or []
-    family = load_model(model, LoadOptions(device=device, allow_pickle=allow_pickle))
+    family = load_model(model, LoadOptions(model_config, device=device, allow_pickle=allow_pickle))
     pipe = load_pipeline(family, adapters, scheduler, device)
     size = family.default_resolution
     width, height = width or size, height or size

@@ -312,6 +312,7 @@ def morph(
     output: str | Path = "morph.gif",
     batch_size: int = 1,
     allow_pickle: bool = False,
+    model_config: str | None = None,
     progress: bool = True,
 ) -> MorphResult:
     """Render a seamless loop through the images of `seeds` and write it as GIF or MP4.
@@ -335,7 +336,9 @@ def morph(
         raise BoothkitError(f"--steps {steps} must be positive")
     if scheduler is not None and scheduler not in SCHEDULERS:
         raise BoothkitError(f"--scheduler {scheduler!r} is not known; choose one of {', '.join(SCHEDULERS)}")
-    renderer = Renderer.load(model, scheduler=scheduler, device=device, allow_pickle=allow_pickle)
+    renderer = Renderer.load(
+        model, scheduler=scheduler, device=device, allow_pickle=allow_pickle, model_config=model_config
+    )
     renderer.activate(adapters)  # run folders, LoRA files and training checkpoints alike
     family, pipe = renderer.family, renderer.pipe
     res = family.default_resolution

@@ -178,13 +178,18 @@ class Renderer:
 
     @classmethod
     def load(
-        cls, model: str, *, scheduler: str | None = None, device: str = "cpu", allow_pickle: bool = False
+        cls,
+        model: str,
+        *,
+        scheduler: str | None = None,
+        device: str = "cpu",
+        allow_pickle: bool = False,
+        model_config: str | None = None,
     ) -> Renderer:
         from boothkit.families import LoadOptions, load_model
 
-        return cls(
-            load_model(model, LoadOptions(device=device, allow_pickle=allow_pickle)), scheduler=scheduler
-        )
+        options = LoadOptions(model_config, device=device, allow_pickle=allow_pickle)
+        return cls(load_model(model, options), scheduler=scheduler)
 
     def size(self, sampling: Sampling) -> tuple[int, int]:
         res = self.family.default_resolution
@@ -845,6 +850,7 @@ class StudyRequest:
     scheduler: str | None = None
     device: str = "cpu"
     allow_pickle: bool = False
+    model_config: str | None = None  # a single-file --model's configs: diffusers folder or hub id
 
 
 def resolve_seeds(kind: str, seed: int, seeds: Sequence[int] | None, num_seeds: int | None) -> list[int]:
@@ -900,7 +906,11 @@ def run_study(request: StudyRequest, *, renderer: Renderer | None = None, progre
         raise BoothkitError(f"the token grid takes one --prompt (got {len(r.prompts)})")
 
     renderer = renderer or Renderer.load(
-        r.model, scheduler=r.scheduler, device=r.device, allow_pickle=r.allow_pickle
+        r.model,
+        scheduler=r.scheduler,
+        device=r.device,
+        allow_pickle=r.allow_pickle,
+        model_config=r.model_config,
     )
     common: dict[str, Any] = {"sampling": r.sampling, "progress": progress}
     if r.kind == "guidance":

@@ -266,7 +266,15 @@ def _load_single_file(
     if opts.model_config is not None and Path(opts.model_config).expanduser().exists():
         config = str(Path(opts.model_config).expanduser().resolve())
     elif "/" in config and not Path(config).exists():
-        config = str(_from_hub(config))
+        try:
+            config = str(_from_hub(config))
+        except BoothkitError as e:
+            raise BoothkitError(
+                f"{path} is a single-file {family} checkpoint, and the configs to build it from "
+                f"({config}) could not be read: {e.message}",
+                hint="pass --model-config with a local diffusers folder of the same family "
+                "(e.g. the base model this checkpoint was made from)",
+            ) from None
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
     cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
