@@ -157,3 +157,23 @@ def test_two_runs_with_the_same_token_are_refused_by_name(tiny_model, runs) -> N
     with pytest.raises(BoothkitError, match=r"token <sks> is already taken") as info:
         load_pipeline(str(tiny_model("sd1")), [ti, ti])
     assert "learned_embeds.safetensors" in str(info.value) and "--token" in (info.value.hint or "")
+
+
+@pytest.mark.parametrize(
+    ("command", "size", "phrase"),
+    [
+        (["generate"], ["--width", "30"], "--width 30 must be a positive multiple of 8"),
+        (["grid", "seeds"], ["--height", "-8"], "--height -8 must be a positive multiple of 8"),
+        (["morph", "--seeds", "1", "2"], ["--width", "36"], "--width 36 must be a positive multiple of 8"),
+    ],
+)
+def test_an_image_size_the_pipelines_refuse_gets_a_clear_message(
+    tiny_model, tmp_path, capsys, command, size, phrase
+) -> None:
+    from boothkit.cli import main
+
+    args = [*command, "--model", str(tiny_model("sd1")), "--prompt", "x", "--steps", "2", *size]
+    code = main([*args, "--output", str(tmp_path / ("out.png" if command[0] == "grid" else "out.gif"))])
+    err = capsys.readouterr().err
+    assert code == 2 and phrase in err and "hint: try" in err and "Traceback" not in err
+    assert not list(tmp_path.iterdir())  # nothing written

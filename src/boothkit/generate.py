@@ -232,6 +232,23 @@ def png_parameters(params: dict[str, Any]) -> Any:
     return info
 
 
+def image_size(family: Family, width: int | None, height: int | None) -> tuple[int, int]:
+    """(width, height): the model's default resolution where not given; each a positive multiple of
+    8 (diffusers' pipelines refuse others) and of the VAE's downscaling factor."""
+    import math
+
+    size = family.default_resolution
+    width, height = width or size, height or size
+    step = math.lcm(8, family.vae_scale_factor)
+    for flag, value in (("--width", width), ("--height", height)):
+        if value <= 0 or value % step:
+            near = max(step, round(value / step) * step)
+            raise BoothkitError(
+                f"{flag} {value} must be a positive multiple of {step} for this model", hint=f"try {near}"
+            )
+    return width, height
+
+
 def load_pipeline(
     model: str | Family, adapters: list[Adapter], scheduler: str | None = None, device: str = "cpu"
 ) -> Any:
@@ -270,8 +287,7 @@ def generate(
     adapters = adapters or []
     family = load_model(model, LoadOptions(model_config, device=device, allow_pickle=allow_pickle))
     pipe = load_pipeline(family, adapters, scheduler, device)
-    size = family.default_resolution
-    width, height = width or size, height or size
+    width, height = image_size(family, width, height)
     out = Path(output).expanduser()
     paths = []
     for k in range(num_images):

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from boothkit.errors import BoothkitError
-from boothkit.generate import SCHEDULERS, Adapter
+from boothkit.generate import SCHEDULERS, Adapter, image_size
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -341,11 +341,8 @@ def morph(
     )
     renderer.activate(adapters)  # run folders, LoRA files and training checkpoints alike
     family, pipe = renderer.family, renderer.pipe
-    res = family.default_resolution
-    width, height = width or res, height or res
+    width, height = image_size(family, width, height)
     factor = family.vae_scale_factor
-    if width % factor or height % factor:
-        raise BoothkitError(f"--width {width} and --height {height} must be multiples of {factor}")
     shape = (1, int(family.unet.config.in_channels), height // factor, width // factor)
     latents = frame_latents(keyframe_latents(seeds, shape), n_frames)
     frames = render_frames(

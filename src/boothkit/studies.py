@@ -192,8 +192,9 @@ class Renderer:
         return cls(load_model(model, options), scheduler=scheduler)
 
     def size(self, sampling: Sampling) -> tuple[int, int]:
-        res = self.family.default_resolution
-        return sampling.width or res, sampling.height or res
+        from boothkit.generate import image_size
+
+        return image_size(self.family, sampling.width, sampling.height)
 
     def settings(self, sampling: Sampling) -> dict[str, Any]:
         width, height = self.size(sampling)
