@@ -177,3 +177,33 @@ def test_an_image_size_the_pipelines_refuse_gets_a_clear_message(
     err = capsys.readouterr().err
     assert code == 2 and phrase in err and "hint: try" in err and "Traceback" not in err
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_generate_takes_a_checkpoint_folder(tiny_model, photos, tmp_path) -> None:
+    """A LoRA run's checkpoint renders as the run's LoRA at that step: the last checkpoint is the final LoRA."""
+    cfg = TrainConfig(
+        model=str(tiny_model("sd1")),
+        images=str(photos),
+        output=str(tmp_path / "run"),
+        class_noun="dog",
+        rank=4,
+        lora_alpha=8.0,  # scale 2: the checkpoint's raw tensors must be rescaled to match
+        **fast_settings(steps=2, checkpoint_every=2),
+    )  # type: ignore[arg-type]
+    run = train(cfg, progress=False, log=lambda s: None).output
+    checkpoint = parse_adapter(str(run / "checkpoints" / "step-000002"))
+    kw = {"seed": 3, "steps": 2}
+    a = generate(
+        str(tiny_model("sd1")), "a photo of sks dog", adapters=[checkpoint], output=tmp_path / "a", **kw
+    )  # type: ignore[arg-type]
+    b = generate(
+        str(tiny_model("sd1")),
+        "a photo of sks dog",
+        adapters=[parse_adapter(str(run))],
+        output=tmp_path / "b",
+        **kw,
+    )  # type: ignore[arg-type]
+    base = generate(str(tiny_model("sd1")), "a photo of sks dog", output=tmp_path / "c", **kw)  # type: ignore[arg-type]
+    assert np.array_equal(_pixels(a)[0], _pixels(b)[0]) and not np.array_equal(
+        _pixels(a)[0], _pixels(base)[0]
+    )

@@ -308,10 +308,10 @@ def _grid(ns: argparse.Namespace) -> int:
 
 def _morph(ns: argparse.Namespace) -> int:
     _disable_load_bars()
+    from boothkit.generate import parse_adapter
     from boothkit.morph import morph, morph_seeds
-    from boothkit.studies import parse_study_adapter
 
-    adapters = [parse_study_adapter(s, allow_pickle=ns.allow_pickle) for s in ns.lora or []]
+    adapters = [parse_adapter(s, allow_pickle=ns.allow_pickle) for s in ns.lora or []]
     result = morph(
         ns.model,
         ns.prompt,
@@ -368,7 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="a single-file --model's configs: the diffusers folder or hub id it was made from",
     )
     g.add_argument(
-        "--lora", action="append", help="run folder or .safetensors, optionally :weight (repeatable)"
+        "--lora",
+        action="append",
+        help="run folder, checkpoint folder or .safetensors, optionally :weight (repeatable)",
     )
     g.add_argument("--prompt", required=True)
     g.add_argument("--negative", default="", help="negative prompt")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from boothkit.families import (
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
 EMBEDDINGS_FILE = "learned_embeds.safetensors"
+CHECKPOINT_WEIGHTS = "trainable.safetensors"  # in run/checkpoints/step-NNNNNN/
 
 SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
     "dpm++2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
@@ -52,9 +54,13 @@ def split_weight(spec: str, flag: str = "--lora") -> tuple[str, float]:
 
 
 def parse_adapter(spec: str, *, allow_pickle: bool = False) -> Adapter:
-    """`run_dir`, `file.safetensors` or either with `:weight` (e.g. `style.safetensors:0.5`)."""
+    """`run_dir`, a LoRA run's checkpoint folder (`run/checkpoints/step-000200`), `file.safetensors`,
+    or any of them with `:weight` (e.g. `style.safetensors:0.5`)."""
     path_part, weight = split_weight(spec)
     path = Path(path_part).expanduser()
+    if (path / CHECKPOINT_WEIGHTS).is_file() and not (path / LORA_FILE).exists():
+        checkpoint_lora_state_dict(path)  # fail now, with a clear message, if it is not a LoRA run
+        return Adapter(path / CHECKPOINT_WEIGHTS, weight)
     if path.is_dir():
         # A run folder: its LoRA (with the embeddings beside it for pivotal runs), or a textual-inversion run's embeddings.
         path = (
@@ -72,6 +78,54 @@ def parse_adapter(spec: str, *, allow_pickle: bool = False) -> Adapter:
     else:
         check_safetensors(path)
     return Adapter(path, weight)
+
+
+def checkpoint_lora_state_dict(folder: Path) -> dict[str, Any]:
+    """A training checkpoint's LoRA tensors in the layout `load_lora_weights` reads.
+
+    Checkpoints store peft's parameter names (`unet.<module>.lora_A.default.weight`) and no
+    adapter config; diffusers reads such tensors with alpha = rank (scale 1). So the adapter name
+    is dropped and lora_B is multiplied by the run's alpha / rank, which gives the same update
+    W + (alpha / rank) B A the run trained.
+    """
+    from safetensors.torch import load_file
+
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+        config = dict(manifest["config"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise BoothkitError(
+            f"{folder} has no readable manifest.json, so its LoRA settings are unknown",
+            hint="pass a complete checkpoint folder (run/checkpoints/step-NNNNNN) or a run folder",
+        ) from None
+    method = config.get("method", "lora")
+    if method != "lora":
+        raise BoothkitError(
+            f"{folder} is a checkpoint of a {method!r} run; only LoRA checkpoints can be compared"
+        )
+    rank = float(config.get("rank") or 0)
+    alpha = config.get("lora_alpha")
+    scale = float(alpha) / rank if alpha is not None and rank else 1.0
+    pattern = re.compile(r"^(?P<module>.+)\.(?P<which>lora_[AB])\.[^.]+\.weight$")
+    out: dict[str, Any] = {}
+    for key, tensor in load_file(folder / CHECKPOINT_WEIGHTS).items():
+        m = pattern.match(key)
+        if not m:
+            continue
+        value = tensor * scale if m["which"] == "lora_B" and scale != 1.0 else tensor
+        out[f"{m['module']}.{m['which']}.weight"] = value
+    if not out:
+        raise BoothkitError(f"{folder / CHECKPOINT_WEIGHTS} holds no LoRA tensors")
+    return out
+
+
+def lora_source(adapter: Adapter) -> tuple[Any, dict[str, Any]]:
+    """What `load_lora_weights` takes for this adapter: a folder + file name, or a state dict."""
+    if adapter.path.name == CHECKPOINT_WEIGHTS:
+        return checkpoint_lora_state_dict(adapter.path.parent), {}
+    if adapter.path.suffix.lower() in PICKLE_SUFFIXES:  # parse_adapter allowed it: tensors only
+        return torch_load_weights(adapter.path), {}
+    return str(adapter.path.parent), {"weight_name": adapter.path.name}
 
 
 def set_scheduler(pipe: Any, name: str | None) -> None:
@@ -192,10 +246,7 @@ def apply_adapters(pipe: Any, adapters: list[Adapter], family: str | None = None
             continue
         if (adapter.path.parent / EMBEDDINGS_FILE).exists() and adapter.path.name == LORA_FILE:
             load_embeddings(pipe, adapter.path.parent / EMBEDDINGS_FILE)  # a pivotal-tuning run
-        source: Any = str(adapter.path.parent)
-        kwargs: dict[str, Any] = {"weight_name": adapter.path.name}
-        if adapter.path.suffix.lower() in PICKLE_SUFFIXES:  # allowed by parse_adapter: tensors only
-            source, kwargs = torch_load_weights(adapter.path), {}
+        source, kwargs = lora_source(adapter)
         try:
             pipe.load_lora_weights(source, adapter_name=name, **kwargs)
         except (ValueError, RuntimeError, KeyError) as e:

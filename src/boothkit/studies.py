@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from boothkit.errors import BoothkitError
-from boothkit.generate import Adapter, parse_adapter, split_weight
+from boothkit.generate import Adapter, lora_source, parse_adapter
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -58,7 +58,6 @@ TOKEN_PROMPT = "a photo of {token} {class_noun}"
 DEFAULT_NUM_SEEDS = {"seeds": 8, "token": 4}
 # The DreamBooth paper used its "live subject" prompts (outfits, accessories) for dogs and cats.
 LIVE_CLASSES = frozenset({"dog", "cat", "dogs", "cats", "puppy", "kitten"})
-CHECKPOINT_WEIGHTS = "trainable.safetensors"
 EMBEDDINGS_FILE = "learned_embeds.safetensors"  # textual inversion / pivotal tuning runs
 
 
@@ -267,7 +266,7 @@ class Renderer:
             self._load_embeddings(adapter.path.parent / EMBEDDINGS_FILE)
             self._embeddings_of[adapter.path] = adapter.path.parent / EMBEDDINGS_FILE
         name = f"study_{len(self._names)}"
-        source, kwargs = _lora_source(adapter)
+        source, kwargs = lora_source(adapter)
         try:
             with warnings.catch_warnings():
                 # Several adapters side by side is the point here, not a mistake peft should warn about.
@@ -326,17 +325,6 @@ class Renderer:
                 generator=torch.Generator("cpu").manual_seed(cell.seed),
             ).images[0]
         return image  # type: ignore[no-any-return]
-
-
-def _lora_source(adapter: Adapter) -> tuple[Any, dict[str, Any]]:
-    """What `load_lora_weights` takes for this adapter: a folder + file name, or a state dict."""
-    from boothkit.families import PICKLE_SUFFIXES, torch_load_weights
-
-    if adapter.path.name == CHECKPOINT_WEIGHTS:
-        return checkpoint_lora_state_dict(adapter.path.parent), {}
-    if adapter.path.suffix.lower() in PICKLE_SUFFIXES:  # parse_adapter allowed it: tensors only
-        return torch_load_weights(adapter.path), {}
-    return str(adapter.path.parent), {"weight_name": adapter.path.name}
 
 
 def render_study(
@@ -759,16 +747,6 @@ def load_prompts(
 # ----------------------------------------------------------------------------- adapters, rows, checkpoints
 
 
-def parse_study_adapter(spec: str, *, allow_pickle: bool = False) -> Adapter:
-    """Like `parse_adapter`, plus boothkit checkpoint folders (`run/checkpoints/step-000200[:w]`)."""
-    path_part, weight = split_weight(spec)
-    folder = Path(path_part).expanduser()
-    if (folder / CHECKPOINT_WEIGHTS).is_file() and not (folder / "pytorch_lora_weights.safetensors").exists():
-        checkpoint_lora_state_dict(folder)  # fail now, with a clear message, if it is not a LoRA run
-        return Adapter(folder / CHECKPOINT_WEIGHTS, weight)
-    return parse_adapter(spec, allow_pickle=allow_pickle)
-
-
 def parse_row(text: str, *, allow_pickle: bool = False) -> Row:
     """`LABEL=SPEC`, SPEC being `base` or adapter specs joined by `+` (`runs/a:0.5+style.safetensors`)."""
     label, sep, spec = text.partition("=")
@@ -783,46 +761,7 @@ def parse_row(text: str, *, allow_pickle: bool = False) -> Row:
     parts = [spec] if Path(spec).expanduser().exists() else [p.strip() for p in spec.split("+")]
     if not all(parts):
         raise BoothkitError(f"--row {text!r}: an empty adapter between '+' signs")
-    return Row(label or spec, tuple(parse_study_adapter(p, allow_pickle=allow_pickle) for p in parts))
-
-
-def checkpoint_lora_state_dict(folder: Path) -> dict[str, Any]:
-    """A training checkpoint's LoRA tensors in the layout `load_lora_weights` reads.
-
-    Checkpoints store peft's parameter names (`unet.<module>.lora_A.default.weight`) and no
-    adapter config; diffusers reads such tensors with alpha = rank (scale 1). So the adapter name
-    is dropped and lora_B is multiplied by the run's alpha / rank, which gives the same update
-    W + (alpha / rank) B A the run trained.
-    """
-    from safetensors.torch import load_file
-
-    try:
-        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
-        config = dict(manifest["config"])
-    except (OSError, ValueError, KeyError, TypeError):
-        raise BoothkitError(
-            f"{folder} has no readable manifest.json, so its LoRA settings are unknown",
-            hint="pass a complete checkpoint folder (run/checkpoints/step-NNNNNN) or a run folder",
-        ) from None
-    method = config.get("method", "lora")
-    if method != "lora":
-        raise BoothkitError(
-            f"{folder} is a checkpoint of a {method!r} run; only LoRA checkpoints can be compared"
-        )
-    rank = float(config.get("rank") or 0)
-    alpha = config.get("lora_alpha")
-    scale = float(alpha) / rank if alpha is not None and rank else 1.0
-    pattern = re.compile(r"^(?P<module>.+)\.(?P<which>lora_[AB])\.[^.]+\.weight$")
-    out: dict[str, Any] = {}
-    for key, tensor in load_file(folder / CHECKPOINT_WEIGHTS).items():
-        m = pattern.match(key)
-        if not m:
-            continue
-        value = tensor * scale if m["which"] == "lora_B" and scale != 1.0 else tensor
-        out[f"{m['module']}.{m['which']}.weight"] = value
-    if not out:
-        raise BoothkitError(f"{folder / CHECKPOINT_WEIGHTS} holds no LoRA tensors")
-    return out
+    return Row(label or spec, tuple(parse_adapter(p, allow_pickle=allow_pickle) for p in parts))
 
 
 # ----------------------------------------------------------------------------- one entry point for the CLI
@@ -879,7 +818,7 @@ def run_study(request: StudyRequest, *, renderer: Renderer | None = None, progre
     if r.sampling.steps <= 0:
         raise BoothkitError(f"--steps {r.sampling.steps}: the number of steps must be positive")
     seeds = resolve_seeds(r.kind, r.seed, r.seeds, r.num_seeds)
-    adapters = tuple(parse_study_adapter(s, allow_pickle=r.allow_pickle) for s in r.loras)
+    adapters = tuple(parse_adapter(s, allow_pickle=r.allow_pickle) for s in r.loras)
     prompts = [render_prompt(p, token=r.token, class_noun=r.class_noun) for p in r.prompts]
     title = ""
     if r.kind == "compare" and adapters:
@@ -969,13 +908,11 @@ __all__ = [
     "Sampling",
     "Study",
     "StudyRequest",
-    "checkpoint_lora_state_dict",
     "compare_study",
     "guidance_study",
     "load_prompts",
     "parse_prompt_sets",
     "parse_row",
-    "parse_study_adapter",
     "prompts_study",
     "run_study",
     "seeds_study",
