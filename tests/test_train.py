@@ -437,3 +437,30 @@ def test_an_instance_prompt_without_the_token_is_refused_before_any_work(photos,
     err = capsys.readouterr().err
     assert code == 2 and "does not name the token" in err and "Traceback" not in err
     assert not out.exists()  # refused before the model loads or anything is written
+
+
+@pytest.mark.parametrize(
+    ("flags", "phrase"),
+    [
+        (["--output", "{photos}/run"], "--output {photos}/run is inside --images"),
+        (["--output", "{photos}"], "--output {photos} is inside --images"),
+        (["--output", "{out}", "--bank-dir", "{photos}/bank"], "--bank-dir {photos}/bank is inside --images"),
+        (
+            ["--output", "{out}", "--class-dir", "{photos}"],
+            "--class-dir {photos} and --images {photos} overlap",
+        ),
+        (["--output", "{classes}/run", "--class-dir", "{classes}"], "is inside --class-dir"),
+    ],
+)
+def test_nothing_is_written_into_the_image_folders(photos, tmp_path, capsys, flags, phrase) -> None:
+    from boothkit.cli import main as cli_main
+    from conftest import make_photos
+
+    classes = make_photos(tmp_path / "classes")
+    names = {"photos": str(photos), "out": str(tmp_path / "run"), "classes": str(classes)}
+    before = {p: sorted(p.rglob("*")) for p in (photos, classes)}
+    args = ["train", "--model", str(tmp_path / "m"), "--images", str(photos), "--class-noun", "dog"]
+    code = cli_main([*args, *(f.format(**names) for f in flags)])
+    err = capsys.readouterr().err
+    assert code == 2 and phrase.format(**names) in err and "Traceback" not in err
+    assert {p: sorted(p.rglob("*")) for p in (photos, classes)} == before

@@ -85,6 +85,38 @@ def prepare_output(folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
 
 
+def _within(path: Path, folder: Path) -> bool:
+    """Whether ``path`` is ``folder`` or lies inside it (symlinks resolved)."""
+    path, folder = path.expanduser().resolve(), folder.expanduser().resolve()
+    return path == folder or folder in path.parents
+
+
+def check_folders(config: TrainConfig) -> None:
+    """Refuse folder choices that would write into the user's photos or mix the two kinds of images:
+    what is written under --images or --class-dir would be read as photos by the next run."""
+    inputs = [("--images", Path(config.images))]
+    if config.class_dir:
+        class_dir = Path(config.class_dir)
+        if _within(class_dir, inputs[0][1]) or _within(inputs[0][1], class_dir):
+            raise BoothkitError(
+                f"--class-dir {class_dir} and --images {config.images} overlap: class images must be other "
+                f"{config.class_noun or 'members of the class'}, not your subject's photos",
+                hint="put your class images in a folder of their own, or drop --class-dir to generate them",
+            )
+        inputs.append(("--class-dir", class_dir))
+    written = [("--output", Path(config.output))]
+    if config.bank_dir:
+        written.append(("--bank-dir", Path(config.bank_dir)))
+    for wflag, wpath in written:
+        for iflag, ipath in inputs:
+            if _within(wpath, ipath):
+                raise BoothkitError(
+                    f"{wflag} {wpath} is inside {iflag} {ipath}: boothkit never writes into your image "
+                    "folders, and what it wrote there would be read as images by the next run",
+                    hint=f"choose a {wflag} folder outside {ipath}",
+                )
+
+
 def _write_marker(folder: Path, status: str, **extra: Any) -> None:
     from boothkit import __version__
 
@@ -513,6 +545,7 @@ def train(
 
     started = time.time()
     out = Path(config.output).expanduser()
+    check_folders(config)
     resume_from = _resume_point(config, out)
     images = check_instance_images(config)  # before the model loads: bad photos fail in seconds
     check_prompts_name_token(
