@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -551,6 +552,47 @@ def test_family_mismatch_names_both_sides(
             load_lora_file(runs["sdxl"]).tensors, load_pipeline(bases["sd1"]), lora_family="sdxl"
         )
     check_lora_matches(load_lora_file(runs["sdxl"]).tensors, sdxl_pipe)  # the right base passes
+
+
+def _digest(path: Path) -> dict[str, bytes]:
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return {str(f): f.read_bytes() for f in files}
+
+
+def test_export_never_replaces_its_inputs_or_what_it_did_not_write(
+    bases: dict[str, Path], runs: dict[str, Path], tmp_path: Path
+) -> None:
+    """Exporting over the source LoRA, merging over the base model, writing inside the base model's
+    folder, or over a file the user owns is refused with nothing changed; an earlier export of the
+    same kind may be replaced (the merge test above does it)."""
+    run = tmp_path / "run"
+    shutil.copytree(runs["sd1"], run)
+    base = tmp_path / "base"
+    shutil.copytree(bases["sd1"], base)
+    mine = tmp_path / "mine.safetensors"
+    save_file({"x": torch.zeros(1)}, str(mine))
+    before = {**_digest(run), **_digest(base), **_digest(mine)}
+    cases = [
+        (
+            lambda: export_lora(run, format="kohya", output=run / "pytorch_lora_weights.safetensors"),
+            "would replace",
+        ),
+        (lambda: export_lora(run, format="kohya", output=mine), "not an earlier export"),
+        (
+            lambda: export_lora(run, format="kohya", output=base / "k.safetensors", base_model_dir=base),
+            "inside",
+        ),
+        (lambda: merge_lora(base, run, output=base), "would replace"),
+        (lambda: merge_lora(base, run, output=base / "merged"), "inside"),
+        (lambda: merge_lora(base, run, output=mine, single_file=True), "not an earlier export"),
+    ]
+    for call, phrase in cases:
+        with pytest.raises(BoothkitError, match=phrase):
+            call()
+    assert {**_digest(run), **_digest(base), **_digest(mine)} == before
+    first = export_lora(run, format="kohya", output=tmp_path / "k.safetensors")
+    again = export_lora(run, format="kohya", output=tmp_path / "k.safetensors")  # its own output: replaced
+    assert again.output == first.output and again.output.is_file()
 
 
 def test_malformed_lora_files(bases: dict[str, Path], tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ import math
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -47,6 +47,9 @@ LoraLayout = Literal["kohya", "diffusers"]
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
 ADAPTER_METADATA_KEY = "lora_adapter_metadata"  # where diffusers keeps peft's LoraConfig per component
+# Metadata keys that mark boothkit export's own outputs, which exporting again may replace.
+CONVERTED_KEY = "boothkit_converted_to"
+MERGED_KEY = "boothkit_merged_lora"
 COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
 KOHYA_PREFIXES: dict[str, dict[str, str]] = {
     "sd1": {"unet": "lora_unet_", "text_encoder": "lora_te_"},
@@ -678,6 +681,7 @@ def _output_metadata(
 ) -> dict[str, str]:
     """Carry the source's description over; rewrite the parts that describe the layout."""
     meta = {k: v for k, v in source.items() if k != ADAPTER_METADATA_KEY}
+    meta[CONVERTED_KEY] = target
     meta.setdefault("format", "pt")
     meta.setdefault("boothkit_family", family)
     if modules:
@@ -907,6 +911,44 @@ def _write_temp(tensors: Mapping[str, torch.Tensor], final: Path, metadata: Mapp
     return tmp
 
 
+def _written_by_export(path: Path, key: str) -> bool:
+    """Whether ``path`` is an earlier output of this kind of export (its metadata names ``key``), which
+    exporting again may replace; anything else that is there belongs to the user."""
+    from safetensors import safe_open
+
+    try:
+        if path.is_dir():
+            return key in json.loads((path / "boothkit.json").read_text(encoding="utf-8"))
+        with safe_open(str(path), "pt") as f:
+            return key in (f.metadata() or {})
+    except Exception:  # not ours, unreadable or not safetensors: keep it
+        return False
+
+
+def _refuse_existing(output: Path, key: str, sources: Sequence[Path], inputs: Sequence[Path]) -> None:
+    """An export never replaces its source, a base model or anything else it did not write, and
+    never writes inside a base model's folder. It may replace its own earlier output."""
+    resolved = output.resolve()
+    for source in sources:
+        if source.exists() and resolved == source.resolve():
+            raise BoothkitError(
+                f"--output {output} would replace {source}, an input of this export; nothing was written",
+                hint="choose another --output path",
+            )
+    for folder in inputs:
+        if folder.is_dir() and folder.resolve() in resolved.parents:
+            raise BoothkitError(
+                f"--output {output} is inside {folder}, an input of this export; nothing was written",
+                hint=f"choose a path outside {folder}",
+            )
+    occupied = output.exists() and (output.is_file() or any(output.iterdir()))
+    if occupied and not _written_by_export(output, key):
+        raise BoothkitError(
+            f"--output {output} already exists and is not an earlier export; nothing was overwritten",
+            hint="choose a new path, or move the old one away first",
+        )
+
+
 def export_lora(
     src: Path,
     *,
@@ -946,6 +988,8 @@ def export_lora(
     _refuse_unmapped(unmapped, f"to the {format} layout")
     metadata = _output_metadata(lora.metadata, modules, family, format)
     final = _output_file(Path(output), format, lora.path, lora.metadata)
+    bases = [Path(base_model_dir)] if base_model_dir is not None else []
+    _refuse_existing(final, CONVERTED_KEY, [lora.path, *bases], bases)
     report = ExportReport(final, lora.path, lora.layout, format, family, len(tensors), len(modules))
     tmp = _write_temp(tensors, final, metadata)
     try:
@@ -992,6 +1036,7 @@ def merge_lora(
     A1111 / ComfyUI. Either appears only when complete (temporary name, then rename).
     """
     source = load_lora_file(Path(lora))
+    _refuse_existing(Path(output), MERGED_KEY, [source.path, Path(base_model_dir)], [Path(base_model_dir)])
     pipe = load_pipeline(base_model_dir)
     check_lora_matches(
         source.tensors, pipe, lora_name=f"LoRA {source.path}", lora_family=guess_lora_family(source)
@@ -1008,7 +1053,7 @@ def merge_lora(
         {
             "boothkit_family": family,
             "boothkit_base_model": str(base_model_dir),
-            "boothkit_merged_lora": str(source.path),
+            MERGED_KEY: str(source.path),
             "boothkit_merge_scale": str(scale),
             "modelspec.merged_from": f"{Path(base_model_dir).name}, {source.path.name}@{scale}",
         }
