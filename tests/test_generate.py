@@ -207,3 +207,12 @@ def test_generate_takes_a_checkpoint_folder(tiny_model, photos, tmp_path) -> Non
     assert np.array_equal(_pixels(a)[0], _pixels(b)[0]) and not np.array_equal(
         _pixels(a)[0], _pixels(base)[0]
     )
+
+
+def test_a_second_call_into_the_same_folder_keeps_the_first_images(tiny_model, tmp_path) -> None:
+    first = generate(str(tiny_model("sd1")), "a dog", steps=2, num_images=2, output=tmp_path)
+    kept = {p: p.read_bytes() for p in first}
+    second = generate(str(tiny_model("sd1")), "a cat", steps=2, output=tmp_path)
+    assert [p.name for p in first] == ["00000-seed0.png", "00001-seed1.png"]
+    assert [p.name for p in second] == ["00002-seed0.png"]
+    assert all(p.read_bytes() == data for p, data in kept.items())

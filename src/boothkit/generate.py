@@ -311,6 +311,16 @@ def load_pipeline(
     return pipe
 
 
+def next_image_number(folder: Path) -> int:
+    """One past the highest ``NNNNN-...png`` number in ``folder``: images from an earlier call stay."""
+    numbers = (
+        [int(m.group(1)) for p in folder.glob("*.png") if (m := re.match(r"(\d{5,})-", p.name))]
+        if folder.is_dir()
+        else []
+    )
+    return max(numbers, default=-1) + 1
+
+
 @torch.no_grad()
 def generate(
     model: str,
@@ -340,6 +350,7 @@ def generate(
     pipe = load_pipeline(family, adapters, scheduler, device)
     width, height = image_size(family, width, height)
     out = Path(output).expanduser()
+    first = next_image_number(out)
     paths = []
     for k in range(num_images):
         image = pipe(
@@ -363,7 +374,7 @@ def generate(
             "model": model,
             "adapters": [{"path": str(a.path), "weight": a.weight} for a in adapters],
         }
-        path = out / f"{k:05d}-seed{seed + k}.png"
+        path = out / f"{first + k:05d}-seed{seed + k}.png"
         paths.append(atomic_save_image(image, path, pnginfo=png_parameters(params)))
     return paths
 

@@ -986,9 +986,16 @@ def pretrain(
 
     from diffusers import DDPMScheduler
 
+    from boothkit.errors import BoothkitError
+
     s = settings or PretrainSettings()
     check_sources(s)
     out = Path(output)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise BoothkitError(
+            f"--output {out}: not an empty folder; nothing was written",
+            hint="pretraining writes a new model folder (--init-from continues an existing one)",
+        )
     out.mkdir(parents=True, exist_ok=True)
     (out / "pretrain_log.txt").write_text("")
     say = stamped_logger(out / "pretrain_log.txt", log)
