@@ -186,6 +186,16 @@ def test_bench_refuses_a_token_the_captions_cannot_hold(
     assert not (tmp_path / "b").exists()  # refused before anything was written
 
 
+def test_bench_refuses_a_non_empty_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from boothkit.cli import main
+
+    (tmp_path / "notes.md").write_text("mine")
+    assert main(["toyworld", "bench", "--quick", "--output", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "not an empty folder" in err and "Traceback" not in err
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.md"]
+
+
 def test_full_and_lora_train_the_text_encoder_and_overrides_win(tmp_path: Path) -> None:
     from boothkit.toyworld.bench import train_config
 

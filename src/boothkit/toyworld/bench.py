@@ -339,6 +339,11 @@ def run_bench(
     model = settings.model or str(shipped_model_dir())
     settings = replace(settings, model=model)
     out = Path(output)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise BoothkitError(
+            f"--output {out}: not an empty folder; nothing was written",
+            hint="the bench writes its runs, images and tables into a new folder",
+        )
     out.mkdir(parents=True, exist_ok=True)
     bank = out / "class_bank"
     base = load_pipeline(model, [], device=settings.device)
