@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -38,10 +39,25 @@ def test_resolved_config_round_trips(tmp_path: Path) -> None:
         ({"prior": True}, "prior preservation needs a class noun"),
         ({"token": "two words"}, "--token must be one word"),
         ({"lr": -1.0}, "--lr must be a positive number"),
+        ({"class_noun": "dog", "token": "dog"}, "--token dog is the class noun (dog)"),
+        ({"class_noun": "Golden Retriever", "token": "retriever"}, "--token retriever is the class noun"),
+        ({"class_noun": "{token}"}, "--class-noun '{token}' must be plain words"),
+        (
+            {
+                "class_noun": "dog",
+                "prior": True,
+                "class_prompts": ("a {class_noun} on grass", "{token} {class_noun}"),
+            },
+            "--class-prompts '{token} {class_noun}' names the token",
+        ),
+        (
+            {"class_noun": "dog", "prior": True, "class_prompt": "a photo of sks dog"},
+            "--class-prompt 'a photo of sks dog' names the token",
+        ),
     ],
 )
 def test_bad_values_are_named(overrides, message) -> None:
-    with pytest.raises(BoothkitError, match=message.replace("-", r"\-")):
+    with pytest.raises(BoothkitError, match=re.escape(message)):
         TrainConfig(**{**REQ, "prior": False, **overrides})
 
 
@@ -56,3 +72,8 @@ def test_toml_errors_name_the_file_and_key(tmp_path: Path) -> None:
     f.write_text("rank = \n")
     with pytest.raises(BoothkitError, match="not valid TOML"):
         load_toml(f)
+
+
+def test_a_class_prompt_without_the_token_passes() -> None:
+    cfg = TrainConfig(**{**REQ, "class_noun": "dog", "class_prompts": ("a photo of {class_noun} on sksand",)})  # type: ignore[arg-type]
+    assert cfg.uses_prior  # "sksand" is another word, not the token

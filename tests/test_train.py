@@ -464,3 +464,19 @@ def test_nothing_is_written_into_the_image_folders(photos, tmp_path, capsys, fla
     err = capsys.readouterr().err
     assert code == 2 and phrase.format(**names) in err and "Traceback" not in err
     assert {p: sorted(p.rglob("*")) for p in (photos, classes)} == before
+
+
+def test_class_image_captions_that_name_the_token_are_refused(photos, tmp_path, capsys) -> None:
+    from boothkit.cli import main as cli_main
+    from conftest import make_photos
+
+    classes = make_photos(tmp_path / "classes")
+    first = sorted(p for p in classes.iterdir() if p.suffix != ".txt")[0]
+    first.with_suffix(".txt").write_text("a photo of {token} {class_noun} on grass")
+    code = cli_main(
+        ["train", "--model", str(tmp_path / "m"), "--images", str(photos), "--class-noun", "dog",
+         "--class-dir", str(classes), "--resolution", "32", "--output", str(tmp_path / "run")]
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and f"caption of class image {first.name}" in err and "names the token sks" in err
+    assert not (tmp_path / "run").exists()

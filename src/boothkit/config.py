@@ -228,6 +228,26 @@ def _validate(c: TrainConfig) -> None:
     for prompt in c.class_prompts:
         if not prompt.strip() or "\n" in prompt:
             raise BoothkitError(f"--class-prompts: {prompt!r} is not a one-line prompt")
+    if c.class_noun is not None:
+        if "{" in c.class_noun or "}" in c.class_noun:
+            raise BoothkitError(f"--class-noun {c.class_noun!r} must be plain words, e.g. dog")
+        if c.token.lower() in c.class_noun.lower().split():
+            raise BoothkitError(
+                f"--token {c.token} is the class noun ({c.class_noun}): the token names your subject, the "
+                "class noun its kind",
+                hint="pick a rare word for the token, e.g. --token sks --class-noun dog",
+            )
+    if c.uses_prior:
+        from boothkit.data.captions import names_token
+
+        used = [("--class-prompts", p) for p in c.class_prompts] or [("--class-prompt", c.class_prompt)]
+        for flag, prompt in used if c.class_dir is None else []:
+            if names_token(prompt, c.token):
+                raise BoothkitError(
+                    f"{flag} {prompt!r} names the token: class images teach what any {c.class_noun} looks "
+                    "like, so a prompt with the token would bind it to every one of them",
+                    hint="leave {token} out of class prompts, e.g. 'a photo of {class_noun} on a beach'",
+                )
     for name in ("text_encoder_fraction", "ti_fraction"):
         if not 0 <= getattr(c, name) <= 1:
             raise BoothkitError(f"--{flag_name(name)} must be between 0 and 1, got {getattr(c, name)}")

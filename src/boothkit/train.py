@@ -540,7 +540,7 @@ def train(
     from tqdm.auto import tqdm
 
     from boothkit.checkpoint import fault_point, save_checkpoint
-    from boothkit.data.captions import check_prompts_name_token
+    from boothkit.data.captions import check_captions_omit_token, check_prompts_name_token
     from boothkit.methods.textual_inversion import placeholder_tokens
 
     started = time.time()
@@ -555,6 +555,8 @@ def train(
         # TI and pivotal prompts use the new placeholder ("<sks>"), never the word itself.
         token=config.token if config.method in ("lora", "full") else placeholder_tokens(config.token, 1)[0],
     )
+    if config.uses_prior and config.class_dir:
+        check_captions_omit_token(Path(config.class_dir).expanduser(), config.token)
     if resume_from is None:
         prepare_output(out)
     run = prepare(config, model, log, images)

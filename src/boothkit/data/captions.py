@@ -192,6 +192,18 @@ def check_prompts_name_token(image_paths: Sequence[Path], folder: Path, *, templ
             )
 
 
+def check_captions_omit_token(folder: Path, token: str) -> None:
+    """Refuse class-image captions that name the token: the prior loss would bind it to every member
+    of the class, the opposite of what the class images are for."""
+    for rel, caption in sorted(read_captions(folder).items()):
+        if names_token(caption, token):
+            raise BoothkitError(
+                f"caption of class image {rel} ({caption!r}) names the token {token}: class images teach "
+                "what any member of the class looks like",
+                hint="leave {token} out of class-image captions",
+            )
+
+
 def instance_prompts(
     image_paths: Sequence[Path], folder: Path, *, template: str, token: str, class_noun: str | None
 ) -> list[str]:
