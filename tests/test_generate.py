@@ -216,3 +216,17 @@ def test_a_second_call_into_the_same_folder_keeps_the_first_images(tiny_model, t
     assert [p.name for p in first] == ["00000-seed0.png", "00001-seed1.png"]
     assert [p.name for p in second] == ["00002-seed0.png"]
     assert all(p.read_bytes() == data for p, data in kept.items())
+
+
+def test_a_prompt_without_the_runs_token_gets_a_warning(tiny_model, runs, tmp_path, capsys) -> None:
+    from boothkit.cli import main
+
+    def warnings(prompt: str, run: Path) -> str:
+        args = ["generate", "--model", str(tiny_model("sd1")), "--lora", str(run), "--prompt", prompt]
+        assert main([*args, "--steps", "1", "--output", str(tmp_path), "--quiet"]) == 0
+        return capsys.readouterr().err
+
+    assert "does not name sks" in warnings("a photo of a dog", runs["sd1"])
+    assert "does not name" not in warnings("a photo of sks dog", runs["sd1"])
+    assert "does not name <sks>" in warnings("a photo of sks dog", runs["sd1_ti"])  # TI needs its placeholder
+    assert "does not name" not in warnings("a photo of <sks> dog", runs["sd1_ti"])

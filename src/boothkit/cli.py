@@ -98,9 +98,11 @@ def _train(ns: argparse.Namespace) -> int:
 
 def _generate(ns: argparse.Namespace) -> int:
     _disable_load_bars()
-    from boothkit.generate import generate, parse_adapter
+    from boothkit.generate import generate, missing_tokens, parse_adapter
 
     adapters = [parse_adapter(s, allow_pickle=ns.allow_pickle) for s in ns.lora or []]
+    for note in missing_tokens(ns.prompt, adapters):
+        print(f"warning: {note}", file=sys.stderr)
     paths = generate(
         ns.model,
         ns.prompt,

@@ -223,6 +223,33 @@ def trained_family(path: Path) -> str | None:
     return meta.get("boothkit_family") or _SS_FAMILIES.get(meta.get("ss_base_model_version", ""))
 
 
+def trained_token(path: Path) -> str | None:
+    """The word a boothkit adapter's prompts must hold: its placeholder (``<sks>``, textual inversion
+    and pivotal tuning) or its token (LoRA, full fine-tune); None for other files."""
+    if path.suffix.lower() != ".safetensors" or path.name == CHECKPOINT_WEIGHTS:
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    return meta.get("boothkit_placeholder") or meta.get("boothkit_token")
+
+
+def missing_tokens(prompt: str, adapters: list[Adapter]) -> list[str]:
+    """A note per boothkit adapter whose token the prompt does not name (the subject would not show)."""
+    from boothkit.data.captions import names_token
+
+    notes = []
+    for adapter in adapters:
+        token = trained_token(adapter.path)
+        if token and not names_token(prompt, token):
+            notes.append(
+                f"the prompt does not name {token}, the token {adapter.path} was trained on: "
+                f"without it the subject will not appear (e.g. 'a photo of {token} ...')"
+            )
+    return notes
+
+
 def check_family(adapter: Path, base_family: str | None) -> None:
     trained = trained_family(adapter)
     if base_family and trained and trained != base_family:
