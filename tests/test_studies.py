@@ -481,3 +481,33 @@ def test_compare_rows_of_runs_that_learned_the_same_token(family, tiny_model, ph
     assert np.array_equal(grid[2], grid[0]) and not np.array_equal(grid[0], grid[1])
     with pytest.raises(BoothkitError, match="both learned <sks>"):
         renderer.render(Cell(prompt, 0, 5.0, tuple(runs)), sampling)
+
+
+def test_grid_prompts_use_the_runs_token_and_class_noun_unless_told(tiny_model, photos, tmp_path) -> None:
+    """A run trained as "zwx cat": {token} and {class_noun} in a grid's prompts mean those words, as the
+    token grid's default prompt does; --token / --class-noun still win."""
+    from boothkit.config import TrainConfig
+    from boothkit.studies import Sampling, StudyRequest, run_study
+    from boothkit.train import train
+    from conftest import fast_settings
+
+    model = tiny_model("sd1")
+    cfg = TrainConfig(
+        model=str(model),
+        images=str(photos),
+        output=str(tmp_path / "run"),
+        class_noun="cat",
+        token="zwx",
+        **fast_settings(steps=1),
+    )  # type: ignore[arg-type]
+    run = str(train(cfg, progress=False, log=lambda s: None).output)
+    sampling = Sampling(steps=1, width=32, height=32)
+
+    def prompts(**kw) -> list[str]:
+        study = run_study(
+            StudyRequest(kind="token", model=str(model), loras=[run], seeds=[0], sampling=sampling, **kw)
+        )
+        return [row[0].prompt for row in study.cells]
+
+    assert prompts() == ["a photo of zwx cat", "a photo of cat"]
+    assert prompts(token="sks", class_noun="dog") == ["a photo of sks dog", "a photo of dog"]

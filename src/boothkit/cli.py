@@ -684,8 +684,12 @@ def build_parser() -> argparse.ArgumentParser:
     gr.add_argument(
         "--row", action="append", help="compare: LABEL=SPEC, SPEC `base` or LoRAs joined by + (repeatable)"
     )
-    gr.add_argument("--token", default="sks", help="identifier token for {token}")
-    gr.add_argument("--class-noun", default=None, help="class noun for {class_noun}, e.g. dog")
+    gr.add_argument(
+        "--token", default=None, help="identifier token for {token} (default: the runs', else sks)"
+    )
+    gr.add_argument(
+        "--class-noun", default=None, help="class noun for {class_noun}, e.g. dog (default: the runs')"
+    )
     gr.set_defaults(func=_grid)
 
     mo = sub.add_parser(

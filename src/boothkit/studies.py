@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from boothkit.errors import BoothkitError
-from boothkit.generate import Adapter, lora_source, parse_adapter
+from boothkit.generate import CHECKPOINT_WEIGHTS, Adapter, lora_source, parse_adapter
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -778,8 +778,8 @@ class StudyRequest:
     prompts_file: str | None = None
     prompt_set: str | None = None
     rows: Sequence[str] = ()
-    token: str = "sks"
-    class_noun: str | None = None
+    token: str | None = None  # None: the runs' own token when they agree, else sks
+    class_noun: str | None = None  # None: the runs' own class noun when they agree
     seed: int = 0
     seeds: Sequence[int] | None = None
     num_seeds: int | None = None
@@ -803,6 +803,27 @@ def resolve_seeds(kind: str, seed: int, seeds: Sequence[int] | None, num_seeds: 
     return list(range(seed, seed + n))
 
 
+def run_words(adapters: Sequence[Adapter]) -> tuple[str | None, str | None]:
+    """(token, class noun) the boothkit runs among ``adapters`` were trained with, each where they all
+    agree (None otherwise, or for files that do not say): what ``{token}`` and ``{class_noun}`` mean
+    in a grid's prompts unless --token / --class-noun say otherwise."""
+    from safetensors import safe_open
+
+    from boothkit.generate import trained_token
+
+    tokens, nouns = set(), set()
+    for adapter in adapters:
+        if adapter.path.suffix.lower() != ".safetensors" or adapter.path.name == CHECKPOINT_WEIGHTS:
+            continue
+        with safe_open(str(adapter.path), "pt") as f:
+            noun = (f.metadata() or {}).get("boothkit_class_noun")
+        tokens.add(trained_token(adapter.path))
+        nouns.add(noun)
+    token = next(iter(tokens)) if len(tokens) == 1 else None
+    noun = next(iter(nouns)) if len(nouns) == 1 else None
+    return token, noun
+
+
 def run_study(request: StudyRequest, *, renderer: Renderer | None = None, progress: bool = False) -> Study:
     """Check the request, load the model (unless a renderer is given) and render the study."""
     from boothkit.data.captions import render_prompt
@@ -819,7 +840,10 @@ def run_study(request: StudyRequest, *, renderer: Renderer | None = None, progre
         raise BoothkitError(f"--steps {r.sampling.steps}: the number of steps must be positive")
     seeds = resolve_seeds(r.kind, r.seed, r.seeds, r.num_seeds)
     adapters = tuple(parse_adapter(s, allow_pickle=r.allow_pickle) for s in r.loras)
-    prompts = [render_prompt(p, token=r.token, class_noun=r.class_noun) for p in r.prompts]
+    rows = [parse_row(t, allow_pickle=r.allow_pickle) for t in r.rows]
+    run_token, run_noun = run_words([*adapters, *(a for row in rows for a in row.adapters)])
+    token, class_noun = r.token or run_token or "sks", r.class_noun or run_noun
+    prompts = [render_prompt(p, token=token, class_noun=class_noun) for p in r.prompts]
     title = ""
     if r.kind == "compare" and adapters:
         raise BoothkitError(
@@ -827,13 +851,12 @@ def run_study(request: StudyRequest, *, renderer: Renderer | None = None, progre
         )
     if r.kind in ("prompts", "compare") and r.prompts_file:
         chosen, from_file = load_prompts(
-            r.prompts_file, token=r.token, class_noun=r.class_noun, prompt_set=r.prompt_set
+            r.prompts_file, token=token, class_noun=class_noun, prompt_set=r.prompt_set
         )
         prompts += from_file
         title = f"{(chosen.heading or 'prompts').lower()} ({len(from_file)})"
     elif r.prompts_file:
         raise BoothkitError(f"--prompts-file is for the prompts and compare grids, not {r.kind}")
-    rows = [parse_row(t, allow_pickle=r.allow_pickle) for t in r.rows]
     if r.kind == "compare" and not rows:
         raise BoothkitError("compare needs rows", hint="e.g. --row base=base --row 'LoRA=runs/a:1.0'")
     if r.kind in ("guidance", "seeds", "styles") and len(prompts) != 1:
@@ -888,8 +911,8 @@ def run_study(request: StudyRequest, *, renderer: Renderer | None = None, progre
     return token_study(
         renderer,
         r.prompts[0] if r.prompts else TOKEN_PROMPT,
-        token=r.token,
-        class_noun=r.class_noun,
+        token=token,
+        class_noun=class_noun,
         seeds=seeds,
         adapters=adapters,
         **common,
