@@ -32,3 +32,11 @@ def test_demo_default_settings_learns_the_subject(tmp_path: Path, capsys: pytest
 
     assert main(["demo", "--quiet", "--output", str(tmp_path / "demo")]) == 0
     assert "subject fidelity" in capsys.readouterr().out
+
+
+def test_demo_refuses_zero_steps_before_writing(tmp_path, capsys) -> None:
+    from boothkit.cli import main
+
+    assert main(["demo", "--steps", "0", "--output", str(tmp_path / "d")]) == 2
+    assert "--steps must be a positive integer" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()

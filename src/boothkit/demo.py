@@ -91,6 +91,8 @@ def run_demo(
         raise BoothkitError(
             f"unknown toy-world subject {subject!r}", hint=f"try one of {', '.join(TEST_SUBJECTS)}"
         )
+    if steps is not None and steps <= 0:
+        raise BoothkitError(f"--steps must be a positive integer, got {steps}")
     started = time.time()
     the_subject = SUBJECTS[subject]
     model_dir = Path(model) if model else shipped_model_dir()

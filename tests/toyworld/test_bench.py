@@ -223,3 +223,22 @@ def test_textual_inversion_runs_are_prompted_with_their_placeholder() -> None:
     assert subject_prompts(scenes, method_token("ti")) == [
         "a photo of a large <sks> circle in the top left on a grass background"
     ]
+
+
+@pytest.mark.parametrize(
+    ("flags", "phrase"),
+    [
+        (["--subjects", "nope"], "no toy-world subject 'nope'"),
+        (["--steps", "0"], "--steps must be a positive integer"),
+        (["--seeds", "0"], "--seeds must be a positive integer"),
+    ],
+)
+def test_bench_refuses_bad_settings_before_writing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], phrase: str
+) -> None:
+    from boothkit.cli import main
+
+    assert main(["toyworld", "bench", "--output", str(tmp_path / "b"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert phrase in err and "Traceback" not in err and "report it" not in err
+    assert not (tmp_path / "b").exists()

@@ -633,3 +633,21 @@ def test_pretrain_cli_refuses_a_non_empty_output(
         "--output" in err and ("not empty" in err or "not an empty folder" in err) and "Traceback" not in err
     )
     assert (tmp_path / "mine.txt").read_text() == "keep me" and len(list(tmp_path.iterdir())) == 1
+
+
+@pytest.mark.parametrize(
+    ("flags", "phrase"),
+    [
+        (["--steps", "0"], "--steps must be positive"),
+        (["--eval-every", "0"], "--eval-every must be positive"),
+    ],
+)
+def test_pretrain_cli_refuses_counts_out_of_range(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], phrase: str
+) -> None:
+    from boothkit.cli import main
+
+    assert main(["toyworld", "pretrain", "--output", str(tmp_path / "m"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert phrase in err and "Traceback" not in err
+    assert not (tmp_path / "m").exists()

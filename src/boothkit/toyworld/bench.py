@@ -336,6 +336,17 @@ def run_bench(
         raise BoothkitError(
             f"--token {settings.token!r}: {e}", hint="pick a rare word such as sks or ohwx"
         ) from e
+    unknown = [name for name in settings.subjects if name not in SUBJECTS]
+    if unknown:
+        raise BoothkitError(
+            f"--subjects: no toy-world subject {', '.join(map(repr, unknown))}",
+            hint=f"benchmark subjects: {', '.join(BENCH_SUBJECTS)}; test subjects: "
+            + ", ".join(n for n in SUBJECTS if n not in BENCH_SUBJECTS),
+        )
+    if settings.steps is not None and settings.steps <= 0:
+        raise BoothkitError(f"--steps must be a positive integer, got {settings.steps}")
+    if not settings.seeds:
+        raise BoothkitError("--seeds must be a positive integer")
     model = settings.model or str(shipped_model_dir())
     settings = replace(settings, model=model)
     out = Path(output)

@@ -956,6 +956,18 @@ def check_sources(settings: PretrainSettings) -> None:
         check_share(f"--{name.replace('_', '-')}", getattr(settings, name))
     if not 0 <= settings.high_noise_from <= 999:
         raise BoothkitError(f"--high-noise-from {settings.high_noise_from}: a timestep from 0 to 999")
+    positive = (
+        *("steps", "batch_size", "vae_batch_size", "lr", "vae_lr", "width", "text_width"),
+        *("eval_every", "eval_images", "eval_steps"),
+    )
+    for name in positive:
+        if getattr(settings, name) <= 0:
+            raise BoothkitError(f"--{name.replace('_', '-')} must be positive, got {getattr(settings, name)}")
+    for name in ("vae_steps", "decoder_steps", "pool"):
+        if getattr(settings, name) < 0:
+            raise BoothkitError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(settings, name)}")
+    if settings.max_minutes is not None and settings.max_minutes <= 0:
+        raise BoothkitError(f"--max-minutes must be positive, got {settings.max_minutes}")
 
     hint = "pass a model folder written by boothkit toyworld pretrain (e.g. src/boothkit/toyworld/model)"
     if settings.vae_from:
