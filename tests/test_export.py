@@ -595,6 +595,30 @@ def test_export_never_replaces_its_inputs_or_what_it_did_not_write(
     assert again.output == first.output and again.output.is_file()
 
 
+def test_a_pivotal_runs_token_travels_with_its_exports(
+    bases: dict[str, Path], runs: dict[str, Path], tmp_path: Path
+) -> None:
+    """A pivotal run's LoRA was trained with its learned token: a kohya export and a merged single file
+    get the embeddings beside them (NAME_emb.safetensors), a merged diffusers folder gets the token in
+    its tokenizer and text encoder."""
+    run = tmp_path / "run"
+    shutil.copytree(runs["sd1"], run)
+    vector = torch.randn(1, load_pipeline(bases["sd1"]).text_encoder.config.hidden_size)
+    save_file({"<sks>": vector}, str(run / "learned_embeds.safetensors"), {"boothkit_placeholder": "<sks>"})
+
+    report = export_lora(run, format="kohya", output=tmp_path / "k.safetensors")
+    assert report.embeddings == tmp_path / "k_emb.safetensors"
+    assert torch.equal(load_file(report.embeddings)["<sks>"], vector) and "k_emb" in report.format()
+
+    single = merge_lora(bases["sd1"], run, output=tmp_path / "m.safetensors", single_file=True)
+    assert torch.equal(load_file(single.with_name("m_emb.safetensors"))["<sks>"], vector)
+
+    merged = load_pipeline(merge_lora(bases["sd1"], run, output=tmp_path / "merged"))
+    token_id = merged.tokenizer.convert_tokens_to_ids("<sks>")
+    assert token_id != merged.tokenizer.unk_token_id
+    assert torch.equal(merged.text_encoder.get_input_embeddings().weight[token_id], vector[0])
+
+
 def test_malformed_lora_files(bases: dict[str, Path], tmp_path: Path) -> None:
     random_bytes = tmp_path / "random.safetensors"
     random_bytes.write_bytes(np.random.default_rng(0).bytes(2048))

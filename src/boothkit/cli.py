@@ -161,7 +161,7 @@ def _export(ns: argparse.Namespace) -> int:
     _disable_load_bars()
     from pathlib import Path
 
-    from boothkit.export import export_lora, merge_lora
+    from boothkit.export import embeddings_note, embeddings_path, export_lora, merge_lora, run_embeddings
     from boothkit.families import resolve_model
 
     base = _base_model_for(ns.source, ns.model)
@@ -179,6 +179,12 @@ def _export(ns: argparse.Namespace) -> int:
         lora = source / "pytorch_lora_weights.safetensors" if source.is_dir() else source
         out = merge_lora(base_dir, lora, scale=ns.scale, output=Path(ns.output), single_file=ns.single_file)
         print(f"merged {lora} at scale {ns.scale} into {base}: {out}")
+        if run_embeddings(lora) is not None:
+            print(
+                f"  {embeddings_note(embeddings_path(out))}"
+                if ns.single_file
+                else "  the run's learned token is in the merged model's tokenizer and text encoder"
+            )
         return 0
     report = export_lora(Path(ns.source), format=ns.format, output=Path(ns.output), base_model_dir=base_dir)
     print(report.format())

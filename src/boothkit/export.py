@@ -715,6 +715,7 @@ class ExportReport:
     max_abs_diff: dict[str, float] = field(default_factory=dict)  # per component, source vs output
     lora_effect: dict[str, float] = field(default_factory=dict)  # per component, LoRA vs base model
     verified: bool = False
+    embeddings: Path | None = None  # a pivotal run's learned token, written beside the output
 
     @property
     def ok(self) -> bool:
@@ -727,6 +728,8 @@ class ExportReport:
             f"  family {self.family}: {self.modules} layers, {self.tensors} tensors, {len(self.unmapped)} unmapped keys",
         ]
         lines += [f"    unmapped: {k}" for k in self.unmapped[:10]]
+        if self.embeddings is not None:
+            lines.append(f"  {embeddings_note(self.embeddings)}")
         if not self.verified:
             lines.append("  not verified (pass a base model to load both files and compare outputs)")
         for component, diff in self.max_abs_diff.items():
@@ -949,6 +952,39 @@ def _refuse_existing(output: Path, key: str, sources: Sequence[Path], inputs: Se
         )
 
 
+def run_embeddings(lora: Path) -> Path | None:
+    """The learned token of the run a LoRA file belongs to (pivotal tuning), if any."""
+    from boothkit.generate import EMBEDDINGS_FILE
+
+    path = lora.parent / EMBEDDINGS_FILE
+    return path if lora.name == LORA_FILE and path.is_file() else None
+
+
+def embeddings_path(output: Path) -> Path:
+    """Where an export puts a run's learned token: ``NAME_emb.safetensors`` beside ``NAME.safetensors``
+    (A1111 and ComfyUI name an embedding after its file; diffusers' advanced script uses this name)."""
+    return output.with_name(f"{output.stem}_emb.safetensors")
+
+
+def embeddings_note(path: Path) -> str:
+    return (
+        f"the run's learned token -> {path}: load it as an embedding beside it "
+        f"(A1111 / ComfyUI prompts name it by its file name, {path.stem}; diffusers: load_textual_inversion)"
+    )
+
+
+def _copy_embeddings(source: Path, output: Path, key: str = CONVERTED_KEY) -> Path:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from boothkit.io import atomic_save_safetensors
+
+    with safe_open(str(source), "pt") as f:
+        metadata = dict(f.metadata() or {})
+    metadata[key] = "embeddings"
+    return atomic_save_safetensors(load_file(str(source)), output, metadata)
+
+
 def export_lora(
     src: Path,
     *,
@@ -990,6 +1026,9 @@ def export_lora(
     final = _output_file(Path(output), format, lora.path, lora.metadata)
     bases = [Path(base_model_dir)] if base_model_dir is not None else []
     _refuse_existing(final, CONVERTED_KEY, [lora.path, *bases], bases)
+    embeddings = run_embeddings(lora.path)
+    if embeddings is not None:
+        _refuse_existing(embeddings_path(final), CONVERTED_KEY, [embeddings, *bases], bases)
     report = ExportReport(final, lora.path, lora.layout, format, family, len(tensors), len(modules))
     tmp = _write_temp(tensors, final, metadata)
     try:
@@ -1004,6 +1043,8 @@ def export_lora(
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
+    if embeddings is not None:
+        report.embeddings = _copy_embeddings(embeddings, embeddings_path(final))
     return report
 
 
@@ -1042,6 +1083,13 @@ def merge_lora(
         source.tensors, pipe, lora_name=f"LoRA {source.path}", lora_family=guess_lora_family(source)
     )
     family = pipeline_family(pipe)
+    embeddings = run_embeddings(source.path)
+    if embeddings is not None and not single_file:
+        from boothkit.generate import load_embeddings
+
+        load_embeddings(pipe, embeddings)  # the merged folder's tokenizer and text encoder learn the token
+    elif embeddings is not None:
+        _refuse_existing(embeddings_path(Path(output)), MERGED_KEY, [embeddings], [Path(base_model_dir)])
     _load_into(pipe, source.path, "boothkit_merge")
     _refuse_partial_load(source, pipe, family)
     adapted = sorted({name.split(".")[0] for name in _loaded_modules(pipe)})
@@ -1060,7 +1108,10 @@ def merge_lora(
     )
     output = Path(output)
     if single_file:
-        return save_single_file(pipe, output, metadata=metadata)
+        written = save_single_file(pipe, output, metadata=metadata)
+        if embeddings is not None:  # a checkpoint has no tokenizer: the token travels beside it
+            _copy_embeddings(embeddings, embeddings_path(written), MERGED_KEY)
+        return written
 
     def write(tmp: Path) -> None:
         pipe.save_pretrained(tmp, safe_serialization=True)
