@@ -619,6 +619,20 @@ def test_a_pivotal_runs_token_travels_with_its_exports(
     assert torch.equal(merged.text_encoder.get_input_embeddings().weight[token_id], vector[0])
 
 
+def test_runs_without_a_lora_are_explained(tmp_path: Path) -> None:
+    ti, full = tmp_path / "ti", tmp_path / "full"
+    ti.mkdir()
+    save_file({"<sks>": torch.zeros(1, 32)}, str(ti / "learned_embeds.safetensors"))
+    (full / "model").mkdir(parents=True)
+    (full / "model" / "model_index.json").write_text("{}")
+    with pytest.raises(BoothkitError, match="textual-inversion run: there is no LoRA to convert"):
+        export_lora(ti, format="kohya", output=tmp_path / "x.safetensors")
+    with pytest.raises(BoothkitError, match="full fine-tune: there is no LoRA") as info:
+        export_lora(full, format="kohya", output=tmp_path / "x.safetensors")
+    assert "--save-single-file" in (info.value.hint or "")
+    assert not (tmp_path / "x.safetensors").exists()
+
+
 def test_malformed_lora_files(bases: dict[str, Path], tmp_path: Path) -> None:
     random_bytes = tmp_path / "random.safetensors"
     random_bytes.write_bytes(np.random.default_rng(0).bytes(2048))

@@ -445,11 +445,29 @@ class LoraFile:
 
 def resolve_lora_file(src: Path) -> Path:
     """A run folder (holding `pytorch_lora_weights.safetensors`) or a `.safetensors` file."""
+    from boothkit.generate import EMBEDDINGS_FILE
+
     src = Path(src)
     if src.is_dir():
         candidate = src / LORA_FILE
         if candidate.is_file():
             return candidate
+        if (src / EMBEDDINGS_FILE).is_file():
+            raise BoothkitError(
+                f"{src} is a textual-inversion run: there is no LoRA to convert, and its {EMBEDDINGS_FILE} "
+                "already loads as it is (A1111 and ComfyUI name an embedding after its file: copy it to "
+                "e.g. sks.safetensors in their embeddings folder; diffusers: load_textual_inversion)"
+            )
+        if (src / "model" / "model_index.json").is_file():
+            single = src / "model.safetensors"
+            raise BoothkitError(
+                f"{src} is a full fine-tune: there is no LoRA to convert; {src / 'model'} is a diffusers "
+                "model (boothkit --model takes it)"
+                + (f" and {single} the single file for A1111 / ComfyUI" if single.is_file() else ""),
+                hint=None
+                if single.is_file()
+                else "for A1111 / ComfyUI train with --save-single-file, which writes model.safetensors",
+            )
         found = sorted(p.name for p in src.glob("*.safetensors"))
         if len(found) == 1:
             return src / found[0]
