@@ -480,3 +480,28 @@ def test_class_image_captions_that_name_the_token_are_refused(photos, tmp_path, 
     err = capsys.readouterr().err
     assert code == 2 and f"caption of class image {first.name}" in err and "names the token sks" in err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("method", "line"),
+    [
+        (
+            "lora",
+            'boothkit generate --model base --lora runs/x --prompt "a photo of sks dog wearing a wizard hat"',
+        ),
+        (
+            "ti",
+            'boothkit generate --model base --lora runs/x --prompt "a photo of <sks> dog wearing a wizard hat"',
+        ),
+        ("pivotal", '--lora runs/x --prompt "a photo of <sks> dog'),
+        ("full", 'boothkit generate --model runs/x --prompt "a photo of sks dog wearing a wizard hat"'),
+    ],
+)
+def test_the_suggested_generate_command_fits_the_method(method: str, line: str) -> None:
+    """TI and pivotal runs are prompted with their placeholder; a full fine-tune is the model itself."""
+    from boothkit.outputs import summary_text
+    from boothkit.train import TrainResult
+
+    config = TrainConfig(model="base", images="i", output="runs/x", class_noun="dog", method=method)  # type: ignore[arg-type]
+    text = summary_text(TrainResult(Path("runs/x"), [], 1, 1.0, 0.1), config)
+    assert line in text

@@ -132,9 +132,18 @@ class RunLogger:
 
 def summary_text(result: TrainResult, config: TrainConfig, example_prompt: str | None = None) -> str:
     """What a finished run wrote, and a `boothkit generate` line to try it (``example_prompt`` or a generic one)."""
-    prompt = (
-        example_prompt
-        or f"a photo of {config.token} {config.class_noun or ''} wearing a wizard hat".replace("  ", " ")
+    from boothkit.methods.textual_inversion import placeholder_tokens
+
+    # TI and pivotal runs are prompted with their placeholder ("<sks>"), not the bare token.
+    token = config.token if config.method in ("lora", "full") else placeholder_tokens(config.token, 1)[0]
+    prompt = example_prompt or f"a photo of {token} {config.class_noun or ''} wearing a wizard hat".replace(
+        "  ", " "
+    )
+    # A full fine-tune is a model of its own; the other methods are adapters on the base model.
+    models = (
+        f"--model {result.output}"
+        if config.method == "full"
+        else f"--model {config.model} --lora {result.output}"
     )
     lines = [
         "",
@@ -145,6 +154,6 @@ def summary_text(result: TrainResult, config: TrainConfig, example_prompt: str |
         f"  logs    : {result.output / 'logs'} (train.jsonl, tensorboard)",
         f"  config  : {result.output / 'config.toml'}",
         "generate with:",
-        f'  boothkit generate --model {config.model} --lora {result.output} --prompt "{prompt}" --seed 42',
+        f'  boothkit generate {models} --prompt "{prompt}" --seed 42',
     ]
     return "\n".join(lines)
