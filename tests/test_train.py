@@ -454,7 +454,6 @@ def test_an_instance_prompt_without_the_token_is_refused_before_any_work(photos,
 )
 def test_nothing_is_written_into_the_image_folders(photos, tmp_path, capsys, flags, phrase) -> None:
     from boothkit.cli import main as cli_main
-    from conftest import make_photos
 
     classes = make_photos(tmp_path / "classes")
     names = {"photos": str(photos), "out": str(tmp_path / "run"), "classes": str(classes)}
@@ -468,7 +467,6 @@ def test_nothing_is_written_into_the_image_folders(photos, tmp_path, capsys, fla
 
 def test_class_image_captions_that_name_the_token_are_refused(photos, tmp_path, capsys) -> None:
     from boothkit.cli import main as cli_main
-    from conftest import make_photos
 
     classes = make_photos(tmp_path / "classes")
     first = sorted(p for p in classes.iterdir() if p.suffix != ".txt")[0]
@@ -505,3 +503,26 @@ def test_the_suggested_generate_command_fits_the_method(method: str, line: str) 
     config = TrainConfig(model="base", images="i", output="runs/x", class_noun="dog", method=method)  # type: ignore[arg-type]
     text = summary_text(TrainResult(Path("runs/x"), [], 1, 1.0, 0.1), config)
     assert line in text
+
+
+def test_a_broken_class_image_is_named_unless_skip_invalid(tiny_model, photos, tmp_path) -> None:
+    """Your own class images are checked as your photos are: a broken one stops the run by name
+    (it was dropped silently), and --skip-invalid trains on the rest."""
+    classes = make_photos(tmp_path / "classes")
+    good = sorted(classes.iterdir())[0]
+    (classes / "broken.jpg").write_bytes(good.read_bytes()[:200])
+
+    def config(out: str, **kw: object) -> TrainConfig:
+        return TrainConfig(
+            model=str(tiny_model("sd1")),
+            images=str(photos),
+            output=str(tmp_path / out),
+            class_noun="dog",
+            class_dir=str(classes),
+            **fast_settings(steps=1, **kw),
+        )  # type: ignore[arg-type]
+
+    with pytest.raises(BoothkitError, match=r"(?s)--class-dir .*can't be used.*broken\.jpg"):
+        train(config("a"), progress=False, log=lambda s: None)
+    result = train(config("b", skip_invalid=True), progress=False, log=lambda s: None)
+    assert (result.output / "pytorch_lora_weights.safetensors").is_file()

@@ -241,6 +241,11 @@ def class_images(config: TrainConfig, model: Family, resolution: int) -> list[Pa
 
         report = check_folder(Path(config.class_dir).expanduser(), resolution=resolution)
         paths = report.usable()
+        if report.rejected() and not config.skip_invalid:
+            raise BoothkitError(
+                f"some files in --class-dir {config.class_dir} can't be used:\n{report.format()}",
+                hint="fix or remove the rejected files, or pass --skip-invalid to train on the rest",
+            )
         if not paths:
             raise BoothkitError(f"--class-dir {config.class_dir} holds no usable images")
         return paths[: config.class_images] if config.class_images else paths
