@@ -123,14 +123,8 @@ def render_prompt(template: str, *, token: str, class_noun: str | None) -> str:
     photo" -> "a photo", "sks {class_noun}, smiling" -> "sks, smiling").
     """
     values = {"token": token, "class_noun": class_noun or ""}
-    try:
-        parts = list(string.Formatter().parse(template))
-    except ValueError as e:
-        raise BoothkitError(
-            f"prompt {template!r} has an unmatched brace ({e})", hint="write {{ and }} for literal braces"
-        ) from None
     out: list[str] = []
-    for literal, name, spec, conversion in parts:
+    for literal, name, spec, conversion in _fields(template):
         out.append(literal)
         if name is None:
             continue
@@ -162,10 +156,13 @@ def names_token(prompt: str, token: str) -> bool:
 
 
 def _fields(template: str) -> list[tuple[str, str | None, str | None, str | None]]:
+    """(literal text, placeholder name, spec, conversion) runs of a prompt template."""
     try:
         return list(string.Formatter().parse(template))
-    except ValueError:
-        return []  # render_prompt reports the unmatched brace
+    except ValueError as e:
+        raise BoothkitError(
+            f"prompt {template!r} has an unmatched brace ({e})", hint="write {{ and }} for literal braces"
+        ) from None
 
 
 def check_prompts_name_token(image_paths: Sequence[Path], folder: Path, *, template: str, token: str) -> None:
