@@ -212,26 +212,26 @@ FAMILY_NAMES = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
 _SS_FAMILIES = {"sd_v1": "sd1", "sd_v2": "sd2", "sd_v2_v": "sd2", "sdxl_base_v1-0": "sdxl"}
 
 
-def trained_family(path: Path) -> str | None:
-    """The family a .safetensors adapter says it was trained for (boothkit or kohya metadata)."""
-    if path.suffix.lower() != ".safetensors":
-        return None
+def adapter_metadata(path: Path) -> dict[str, str]:
+    """A .safetensors adapter's metadata (what boothkit or kohya wrote about it); {} for other files
+    and for training checkpoints, whose metadata describes no adapter."""
+    if path.suffix.lower() != ".safetensors" or path.name == CHECKPOINT_WEIGHTS:
+        return {}
     from safetensors import safe_open
 
     with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
+        return dict(f.metadata() or {})
+
+
+def trained_family(path: Path) -> str | None:
+    """The family a .safetensors adapter says it was trained for (boothkit or kohya metadata)."""
+    meta = adapter_metadata(path)
     return meta.get("boothkit_family") or _SS_FAMILIES.get(meta.get("ss_base_model_version", ""))
 
 
-def trained_token(path: Path) -> str | None:
-    """The word a boothkit adapter's prompts must hold: its placeholder (``<sks>``, textual inversion
-    and pivotal tuning) or its token (LoRA, full fine-tune); None for other files."""
-    if path.suffix.lower() != ".safetensors" or path.name == CHECKPOINT_WEIGHTS:
-        return None
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
+def trained_token(meta: dict[str, str]) -> str | None:
+    """The word a boothkit adapter's prompts must hold, from its metadata: its placeholder (``<sks>``,
+    textual inversion and pivotal tuning) or its token (LoRA, full fine-tune); None for other files."""
     return meta.get("boothkit_placeholder") or meta.get("boothkit_token")
 
 
@@ -241,7 +241,7 @@ def missing_tokens(prompt: str, adapters: list[Adapter]) -> list[str]:
 
     notes = []
     for adapter in adapters:
-        token = trained_token(adapter.path)
+        token = trained_token(adapter_metadata(adapter.path))
         if token and not names_token(prompt, token):
             notes.append(
                 f"the prompt does not name {token}, the token {adapter.path} was trained on: "

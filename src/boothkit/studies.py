@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from boothkit.errors import BoothkitError
-from boothkit.generate import CHECKPOINT_WEIGHTS, Adapter, lora_source, parse_adapter
+from boothkit.generate import EMBEDDINGS_FILE, Adapter, lora_source, parse_adapter
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -58,7 +58,6 @@ TOKEN_PROMPT = "a photo of {token} {class_noun}"
 DEFAULT_NUM_SEEDS = {"seeds": 8, "token": 4}
 # The DreamBooth paper used its "live subject" prompts (outfits, accessories) for dogs and cats.
 LIVE_CLASSES = frozenset({"dog", "cat", "dogs", "cats", "puppy", "kitten"})
-EMBEDDINGS_FILE = "learned_embeds.safetensors"  # textual inversion / pivotal tuning runs
 
 
 # ----------------------------------------------------------------------------- what a grid is made of
@@ -807,18 +806,14 @@ def run_words(adapters: Sequence[Adapter]) -> tuple[str | None, str | None]:
     """(token, class noun) the boothkit runs among ``adapters`` were trained with, each where they all
     agree (None otherwise, or for files that do not say): what ``{token}`` and ``{class_noun}`` mean
     in a grid's prompts unless --token / --class-noun say otherwise."""
-    from safetensors import safe_open
-
-    from boothkit.generate import trained_token
+    from boothkit.generate import adapter_metadata, trained_token
 
     tokens, nouns = set(), set()
     for adapter in adapters:
-        if adapter.path.suffix.lower() != ".safetensors" or adapter.path.name == CHECKPOINT_WEIGHTS:
-            continue
-        with safe_open(str(adapter.path), "pt") as f:
-            noun = (f.metadata() or {}).get("boothkit_class_noun")
-        tokens.add(trained_token(adapter.path))
-        nouns.add(noun)
+        meta = adapter_metadata(adapter.path)
+        if meta:
+            tokens.add(trained_token(meta))
+            nouns.add(meta.get("boothkit_class_noun"))
     token = next(iter(tokens)) if len(tokens) == 1 else None
     noun = next(iter(nouns)) if len(nouns) == 1 else None
     return token, noun
