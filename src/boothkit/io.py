@@ -43,6 +43,16 @@ def _plain_mode(tmp: Path, base: int) -> None:
     os.chmod(tmp, base & ~_current_umask())
 
 
+def require_empty_folder(path: str | Path, flag: str, hint: str) -> Path:
+    """``path`` as a Path, if it is missing or an empty folder; else refuse, having written nothing."""
+    from boothkit.errors import BoothkitError
+
+    folder = Path(path)
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise BoothkitError(f"{flag} {folder}: not an empty folder; nothing was written", hint=hint)
+    return folder
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     """Call `write(tmp_path)` then move tmp_path onto `path` atomically. Returns `path`."""
     dest = Path(path)

@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image
 
 from boothkit.config import TEXT_ENCODER_ATTENTION, TEXT_ENCODER_MLP
+from boothkit.io import require_empty_folder
 from boothkit.toyworld.oracles import colour_distribution, colour_drift, is_subject, measure
 from boothkit.toyworld.pretrain import RESOLUTION, generate, partial_caption, shipped_model_dir
 from boothkit.toyworld.scene import BACKGROUNDS, POSITIONS, SIZES, Scene, caption, check_subject_token
@@ -349,12 +350,9 @@ def run_bench(
         raise BoothkitError("--seeds must be a positive integer")
     model = settings.model or str(shipped_model_dir())
     settings = replace(settings, model=model)
-    out = Path(output)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise BoothkitError(
-            f"--output {out}: not an empty folder; nothing was written",
-            hint="the bench writes its runs, images and tables into a new folder",
-        )
+    out = require_empty_folder(
+        output, "--output", hint="the bench writes its runs, images and tables into a new folder"
+    )
     out.mkdir(parents=True, exist_ok=True)
     bank = out / "class_bank"
     base = load_pipeline(model, [], device=settings.device)

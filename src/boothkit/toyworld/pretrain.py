@@ -46,6 +46,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from boothkit.io import require_empty_folder
 from boothkit.losses import compute_snr, min_snr_weights, training_target
 from boothkit.toyworld.oracles import measure
 from boothkit.toyworld.render import coverage, placement, render, render_pattern
@@ -998,16 +999,13 @@ def pretrain(
 
     from diffusers import DDPMScheduler
 
-    from boothkit.errors import BoothkitError
-
     s = settings or PretrainSettings()
     check_sources(s)
-    out = Path(output)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise BoothkitError(
-            f"--output {out}: not an empty folder; nothing was written",
-            hint="pretraining writes a new model folder (--init-from continues an existing one)",
-        )
+    out = require_empty_folder(
+        output,
+        "--output",
+        hint="pretraining writes a new model folder (--init-from continues an existing one)",
+    )
     out.mkdir(parents=True, exist_ok=True)
     (out / "pretrain_log.txt").write_text("")
     say = stamped_logger(out / "pretrain_log.txt", log)
@@ -1258,11 +1256,7 @@ def pretrain_curriculum(
     from boothkit.errors import BoothkitError
 
     base = settings or PretrainSettings()
-    out = Path(output)
-    if out.exists() and any(out.iterdir()):
-        raise BoothkitError(
-            f"--output {out}: the folder is not empty", hint="a curriculum writes a new model folder"
-        )
+    out = require_empty_folder(output, "--output", hint="a curriculum writes a new model folder")
     known = {f.name for f in dataclasses.fields(PretrainSettings)}
     for name, fields in phases:
         if set(fields) - known:
