@@ -418,22 +418,9 @@ def test_an_instance_prompt_without_the_token_is_refused_before_any_work(photos,
 
     out = tmp_path / "run"
     code = cli_main(
-        [
-            "train",
-            "--model",
-            str(tmp_path / "not-loaded-yet"),
-            "--images",
-            str(photos),
-            "--output",
-            str(out),
-            "--class-noun",
-            "dog",
-            "--instance-prompt",
-            "a photo of a dog",
-            "--resolution",
-            "32",
-        ]
-    )
+        ["train", "--model", str(tmp_path / "not-loaded-yet"), "--images", str(photos), "--output", str(out),
+         "--class-noun", "dog", "--instance-prompt", "a photo of a dog", "--resolution", "32"]
+    )  # fmt: skip
     err = capsys.readouterr().err
     assert code == 2 and "does not name the token" in err and "Traceback" not in err
     assert not out.exists()  # refused before the model loads or anything is written
