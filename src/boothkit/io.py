@@ -49,7 +49,8 @@ def require_empty_folder(path: str | Path, flag: str, hint: str) -> Path:
 
     folder = Path(path)
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-        raise BoothkitError(f"{flag} {folder}: not an empty folder; nothing was written", hint=hint)
+        what = "a file" if not folder.is_dir() else "not empty"
+        raise BoothkitError(f"{flag} {folder}: not an empty folder ({what}); nothing was written", hint=hint)
     return folder
 
 
