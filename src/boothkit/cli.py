@@ -546,6 +546,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of those multi-colour objects named in the caption by a rare token (sks, zwx, ...)",
     )
     tp.add_argument(
+        "--individuals",
+        type=int,
+        default=None,
+        help="with --named-share: the named objects are this many fixed individuals, a look per name (up to 48)",
+    )
+    tp.add_argument(
         "--fine-attention",
         dest="fine_attention",
         action="store_true",
@@ -568,9 +574,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tp.add_argument(
         "--curriculum",
-        choices=["v2", "v3"],
+        choices=["v2", "v3", "v4"],
         default=None,
-        help="run a recorded sequence of phases (v3: the shipped model from scratch); "
+        help="run a recorded sequence of phases (v4: the shipped model from scratch); "
         "each phase's settings replace the same flags",
     )
     tp.set_defaults(func=_toyworld_pretrain)

@@ -165,6 +165,53 @@ def test_named_share_names_only_multicolour_objects_with_a_rare_token_before_the
     assert {training_caption(painted, rng, off) for _ in range(50)} == {unnamed}
 
 
+def test_individuals_each_have_one_name_one_shape_and_one_look() -> None:
+    import numpy as np
+
+    from boothkit.toyworld.pretrain import (
+        INDIVIDUALS,
+        NamedScene,
+        draw_batch,
+        individual_paint,
+        render_training,
+    )
+    from boothkit.toyworld.render import render_pattern
+    from boothkit.toyworld.subjects import SUBJECTS, multicolor_paint
+
+    # Individuals 0 draws exactly what multi-colour pretraining drew (v3 reproduces from its log).
+    assert draw_batch(random.Random(7), 60, 0.5) == draw_batch(random.Random(7), 60, 0.5, 0, 0.6)
+    drawn = draw_batch(random.Random(7), 600, multicolor_share=0.5, individuals=6, named_share=0.6)
+    named = [(s, seed) for s, seed in drawn if isinstance(s, NamedScene)]
+    assert 120 <= len(named) <= 240  # 0.5 x 0.6 of 600
+    assert {s.name for s, _ in named} == set(list(INDIVIDUALS)[:6])
+    assert not set(INDIVIDUALS) & set(RARE_TOKENS)  # the identifiers stay unused by any caption
+    settings = PretrainSettings(caption_dropout=0.0, attribute_dropout=0.0, individuals=6, named_share=0.6)
+    rng = random.Random(1)
+    grid = np.meshgrid(np.linspace(-1, 1, 24), np.linspace(-1, 1, 24))
+    x, y = grid[0].ravel(), grid[1].ravel()
+    for scene, seed in named:
+        assert scene.color is None and scene.shape == INDIVIDUALS[scene.name][0]
+        text = training_caption(scene, rng, settings)
+        assert text == partial_caption(scene, ("size", "position", "background"), scene.name)
+        # Drawn in its own look, whatever the scene's seed paints for an anonymous object.
+        own = render_pattern(scene, individual_paint(scene.name), 48, seed=seed)
+        assert np.array_equal(np.asarray(render_training(scene, seed)), np.asarray(own))
+    paints = {name: individual_paint(name)(x, y) for name in INDIVIDUALS}
+    assert all(np.array_equal(paints[name], individual_paint(name)(x, y)) for name in INDIVIDUALS)
+    by_shape: dict[str, list[str]] = {}
+    for name, (shape, _) in INDIVIDUALS.items():
+        by_shape.setdefault(shape, []).append(name)
+    for names in by_shape.values():  # individuals of one shape differ in look
+        assert len({paints[n].tobytes() for n in names}) == len(names)
+    for shape, seed in INDIVIDUALS.values():
+        colours = set(multicolor_paint(random.Random(seed), shape)[1])
+        assert not any(s.shape == shape and set(s.colors) == colours for s in SUBJECTS.values())
+    # Unnamed multi-colour objects stay unnamed: the names are the individuals' only.
+    painted = [s for s, _ in drawn if s.color is None and not isinstance(s, NamedScene)]
+    assert painted
+    assert all(training_caption(s, rng, settings).split()[5] == s.shape for s in painted)
+
+
 def test_calibrate_tokens_lifts_sks_and_keeps_every_caption_encoding(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -609,15 +656,15 @@ def test_curriculum_chains_its_phases_into_one_folder(tmp_path: Path) -> None:
     with pytest.raises(BoothkitError, match="unknown settings"):
         pretrain_curriculum(tmp_path / "bad", [("x", {"stepz": 1})], tiny, log=lambda _line: None)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # refused before anything was written
-    # The recorded curricula: valid fields; the last phase of v3 is the shipped model's settings.
-    for name in ("v2", "v3"):
+    # The recorded curricula: valid fields; the last phase of v4 is the shipped model's settings.
+    for name in ("v2", "v3", "v4"):
         for fields in dict(CURRICULA[name]).values():
             PretrainSettings(**fields)
-    v3 = dict(CURRICULA["v3"])
+    v4 = dict(CURRICULA["v4"])
     meta = json.loads((shipped_model_dir() / "boothkit_toyworld.json").read_text())
-    assert meta["version"] == 3
-    assert {k: meta["settings"][k] for k in v3["G"]} == v3["G"]
-    assert v3["F"]["decoder_multicolor_share"] == meta["decoder_multicolor_refinement"]["multicolor_share"]
+    assert meta["version"] == 4
+    assert {k: meta["settings"][k] for k in v4["J"]} == v4["J"]
+    assert v4["F"]["decoder_multicolor_share"] == meta["decoder_multicolor_refinement"]["multicolor_share"]
 
 
 @pytest.mark.parametrize("curriculum", [["--curriculum", "v2"], []])

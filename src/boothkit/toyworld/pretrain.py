@@ -87,10 +87,10 @@ class PretrainSettings:
     lr: float = 1e-3
     vae_lr: float = 1e-3
     width: int = 32  # channels of the first UNet block; the others are 2x, 3x (and 4x)
-    # The defaults are v1's first phase. The shipped model (v3) continues v1 through a curriculum of
+    # The defaults are v1's first phase. The shipped model (v4) continues v1 through a curriculum of
     # these fields (schedule, high_noise_share, high_noise_from, keep, ema_decay, pool, seed, lr,
-    # multicolor_share, decoder_*): CURRICULA["v3"] below, `toyworld pretrain --curriculum v3`; its
-    # log has each phase. levels=4 and pooled_text are an alternative layout,
+    # multicolor_share, named_share, individuals, decoder_*): CURRICULA["v4"] below,
+    # `toyworld pretrain --curriculum v4`; its log has each phase. levels=4 and pooled_text are an alternative layout,
     # measured on CPU in BENCHMARKS.md and not better at equal steps.
     levels: int = 3  # UNet resolutions: 3 is 24, 12, 6 latent pixels; 4 adds 3x3, the caption's grid
     pooled_text: bool = False  # the caption, attention-pooled, also joins the UNet's time embedding
@@ -128,10 +128,18 @@ class PretrainSettings:
     multicolor_share: float = 0.0
     # Share of those multi-colour objects whose caption names them with a rare token before the
     # shape ("a photo of a large zwx heart ..."), one of RARE_TOKENS drawn afresh each time, as web
-    # captions name individuals whose look they do not describe. Not in the shipped model: a name
-    # that says nothing the rest of the caption does not is a word the model learns to ignore, and
-    # LoRA subject fidelity fell from 0.58-0.63 to 0.15 on a model continued this way (BENCHMARKS.md).
+    # captions name individuals whose look they do not describe. Alone, not in the shipped model: a
+    # name that says nothing the rest of the caption does not is a word the model learns to ignore,
+    # and LoRA subject fidelity fell from 0.58-0.63 to 0.15 on a model continued this way
+    # (BENCHMARKS.md). With ``individuals`` (below) each name means a look, and it rose to 0.90 (v4).
     named_share: float = 0.0
+    # With individuals = N > 0 the named objects are N fixed individuals instead, each a made-up
+    # name (several tokenizer pieces, never an identifier of RARE_TOKENS) with one shape and one
+    # multi-colour look of its own (:data:`INDIVIDUALS`), as a web-scale model has seen named people
+    # and things whose look their name means: "a photo of a large tanatu heart" always shows tanatu.
+    # The shipped v4 (phases I and J): the model learns that a word before the shape can carry a look,
+    # which is what DreamBooth asks of "sks" (BENCHMARKS.md, 2026-12-06 (evening)).
+    individuals: int = 0
     decoder_steps: int = 0  # decoder-only refinement after the UNet phase (encoder frozen)
     # Share of the decoder refinement's objects painted in several colours (never a subject's look):
     # a decoder that saw one-colour objects only blurs a subject's colour regions into one.
@@ -224,10 +232,41 @@ def partial_caption(scene: Scene, keep: Iterable[str], name: str = "") -> str:
     return " ".join(words)
 
 
+@dataclass(frozen=True)
+class NamedScene(Scene):
+    """A scene whose object is the individual ``name`` (:data:`INDIVIDUALS`), drawn in its own look."""
+
+    name: str = ""
+
+
+def _individuals() -> dict[str, tuple[str, int]]:
+    """Made-up names -> (shape, paint seed): consonant-vowel words the captions never use."""
+    rng = random.Random(2026)
+    names: dict[str, tuple[str, int]] = {}
+    while len(names) < 48:
+        word = "".join(rng.choice("bdgkmnprtvz") + rng.choice("aeiou") for _ in range(rng.choice((2, 3))))
+        if word not in names and word not in RARE_TOKENS:
+            names[word] = (SHAPES[len(names) % len(SHAPES)], rng.randrange(1 << 30))
+    return names
+
+
+# Up to 48 individuals; ``PretrainSettings.individuals`` = N uses the first N.
+INDIVIDUALS: dict[str, tuple[str, int]] = _individuals()
+
+
+def individual_paint(name: str) -> Any:
+    """The one look of individual ``name``: a multi-colour paint of its shape (never a subject's)."""
+    shape, seed = INDIVIDUALS[name]
+    return multicolor_paint(random.Random(seed), shape)[0]
+
+
 def training_caption(scene: Scene, rng: random.Random, settings: PretrainSettings) -> str:
     """A caption for training: empty (classifier-free guidance), full, or with attributes left out."""
     if rng.random() < settings.caption_dropout:
         return ""
+    if isinstance(scene, NamedScene):  # an individual is always named, its look never described
+        keep = [a for a in ("size", "position", "background") if rng.random() >= settings.attribute_dropout]
+        return partial_caption(scene, keep, scene.name)
     keep = [
         a for a in ("size", "color", "position", "background") if rng.random() >= settings.attribute_dropout
     ]
@@ -235,7 +274,12 @@ def training_caption(scene: Scene, rng: random.Random, settings: PretrainSetting
         return caption(scene)
     # A multi-colour object (no colour) is never given a colour word; it may be given a name.
     name = ""
-    if scene.color is None and settings.named_share > 0 and rng.random() < settings.named_share:
+    if (
+        scene.color is None
+        and not settings.individuals
+        and settings.named_share > 0
+        and rng.random() < settings.named_share
+    ):
         name = rng.choice(RARE_TOKENS)
     return partial_caption(scene, keep, name)
 
@@ -266,11 +310,19 @@ def to_images(batch: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray(a) for a in array]
 
 
-def draw_batch(rng: random.Random, n: int, multicolor_share: float = 0.0) -> list[tuple[Scene, int]]:
+def draw_batch(
+    rng: random.Random,
+    n: int,
+    multicolor_share: float = 0.0,
+    individuals: int = 0,
+    named_share: float = 0.0,
+) -> list[tuple[Scene, int]]:
     """``n`` training scenes and their render seeds, drawn in :func:`render_batch`'s order.
 
     A ``multicolor_share`` of the scenes lose their colour (``color=None``): :func:`render_training`
     paints those objects in several colours and :func:`training_caption` says no colour for them.
+    With ``individuals`` > 0, a ``named_share`` of those become one of the first ``individuals``
+    of :data:`INDIVIDUALS` (a :class:`NamedScene`: its shape, its look, its name in the caption).
     """
     scenes = [training_scene(rng) for _ in range(n)]
     if multicolor_share > 0:
@@ -278,12 +330,27 @@ def draw_batch(rng: random.Random, n: int, multicolor_share: float = 0.0) -> lis
             dataclasses.replace(scene, color=None) if rng.random() < multicolor_share else scene
             for scene in scenes
         ]
+    if individuals > 0:
+        names = list(INDIVIDUALS)[:individuals]
+        scenes = [
+            _as_individual(scene, rng.choice(names))
+            if scene.color is None and rng.random() < named_share
+            else scene
+            for scene in scenes
+        ]
     return [(scene, rng.randrange(1 << 30)) for scene in scenes]
+
+
+def _as_individual(scene: Scene, name: str) -> NamedScene:
+    shape = INDIVIDUALS[name][0]
+    return NamedScene(shape, None, scene.size, scene.position, scene.background, name=name)
 
 
 def render_training(scene: Scene, seed: int) -> Image.Image:
     """A training render: the scene as drawn, or, for a scene without a colour, its shape painted
     in several colours (``subjects.multicolor_paint`` seeded by ``seed``; never a subject's look)."""
+    if isinstance(scene, NamedScene):
+        return render_pattern(scene, individual_paint(scene.name), RESOLUTION, seed=seed)
     if scene.color is None:
         paint, _ = multicolor_paint(random.Random(seed), scene.shape)
         return render_pattern(scene, paint, RESOLUTION, seed=seed)
@@ -296,9 +363,9 @@ def render_drawn(drawn: Sequence[tuple[Scene, int]]) -> list[np.ndarray]:
 
 
 def render_batch(
-    rng: random.Random, n: int, multicolor_share: float = 0.0
+    rng: random.Random, n: int, multicolor_share: float = 0.0, individuals: int = 0, named_share: float = 0.0
 ) -> tuple[list[Scene], list[Image.Image]]:
-    drawn = draw_batch(rng, n, multicolor_share)
+    drawn = draw_batch(rng, n, multicolor_share, individuals, named_share)
     return [scene for scene, _ in drawn], [render_training(s, seed) for s, seed in drawn]
 
 
@@ -833,10 +900,17 @@ class LatentPool:
 
 @torch.no_grad()
 def fresh_latents(
-    vae: Any, rng: random.Random, n: int, scaling: float, device: str, multicolor_share: float = 0.0
+    vae: Any,
+    rng: random.Random,
+    n: int,
+    scaling: float,
+    device: str,
+    multicolor_share: float = 0.0,
+    individuals: int = 0,
+    named_share: float = 0.0,
 ) -> tuple[list[Scene], torch.Tensor]:
     """``n`` new renders and a latent sample of each, scaled: the data without a pool."""
-    scenes, images = render_batch(rng, n, multicolor_share)
+    scenes, images = render_batch(rng, n, multicolor_share, individuals, named_share)
     return scenes, vae.encode(to_tensor(images).to(device)).latent_dist.sample() * scaling
 
 
@@ -905,6 +979,8 @@ def encode_pool(
     batch_size: int = 64,
     workers: int = 0,
     multicolor_share: float = 0.0,
+    individuals: int = 0,
+    named_share: float = 0.0,
 ) -> LatentPool:
     """``n`` fresh training renders encoded once: their scenes and the posteriors' means and stds.
 
@@ -918,7 +994,8 @@ def encode_pool(
     from multiprocessing import get_context
 
     batches = [
-        draw_batch(rng, min(batch_size, n - start), multicolor_share) for start in range(0, n, batch_size)
+        draw_batch(rng, min(batch_size, n - start), multicolor_share, individuals, named_share)
+        for start in range(0, n, batch_size)
     ]
     scenes: list[Scene] = []
     means, stds = [], []
@@ -1067,7 +1144,14 @@ def pretrain(
     if s.pool > 0:
         pool_start = time.time()
         pool = encode_pool(
-            vae, s.pool, rng, device, workers=pool_workers(s.workers), multicolor_share=s.multicolor_share
+            vae,
+            s.pool,
+            rng,
+            device,
+            workers=pool_workers(s.workers),
+            multicolor_share=s.multicolor_share,
+            individuals=s.individuals,
+            named_share=s.named_share,
         )
         say(f"pool: {s.pool} renders encoded [{time.time() - pool_start:.0f} s]")
     phase_start = time.time()
@@ -1081,7 +1165,9 @@ def pretrain(
         if pool is not None:
             scenes, latents = pool.sample(rng, s.batch_size, scaling)
         else:
-            scenes, latents = fresh_latents(vae, rng, s.batch_size, scaling, device, s.multicolor_share)
+            scenes, latents = fresh_latents(
+                vae, rng, s.batch_size, scaling, device, s.multicolor_share, s.individuals, s.named_share
+            )
         ids = caption_ids(tokenizer, [training_caption(sc, rng, s) for sc in scenes])
         loss = diffusion_loss(
             unet, text_encoder, ids, latents, noise_sched, s.snr_gamma, s.high_noise_share, s.high_noise_from
@@ -1233,6 +1319,28 @@ CURRICULA["v3"] = (
             "multicolor_share": 0.25,
         },
     ),
+)
+# v4, the shipped model: v3, then phases I and J, whose multi-colour objects include 24 named
+# individuals, a look per name (BENCHMARKS.md, 2026-12-06 (evening)).
+_INDIVIDUALS_PHASE: dict[str, Any] = {
+    "schedule": "zero-snr",
+    "high_noise_share": 0.25,
+    "high_noise_from": 999,
+    "pool": 16000,
+    "seed": 5,
+    "lr": 5e-4,
+    "steps": 6000,
+    "max_minutes": 30.0,
+    "eval_every": 500,
+    "multicolor_share": 0.4,
+    "named_share": 0.6,
+    "individuals": 24,
+    "keep": "last",
+}
+CURRICULA["v4"] = (
+    *CURRICULA["v3"],
+    ("I", _INDIVIDUALS_PHASE),
+    ("J", {**_INDIVIDUALS_PHASE, "seed": 6}),
 )
 
 
