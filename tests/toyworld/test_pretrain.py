@@ -687,6 +687,8 @@ def test_pretrain_cli_refuses_a_non_empty_output(
     [
         (["--steps", "0"], "--steps must be positive"),
         (["--eval-every", "0"], "--eval-every must be positive"),
+        (["--individuals", "49", "--multicolor-share", "0.4", "--named-share", "0.6"], "--individuals 49"),
+        (["--individuals", "24"], "draws nothing without --multicolor-share and --named-share"),
     ],
 )
 def test_pretrain_cli_refuses_counts_out_of_range(

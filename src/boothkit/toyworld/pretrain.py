@@ -1032,6 +1032,13 @@ def check_sources(settings: PretrainSettings) -> None:
 
     for name in ("high_noise_share", "multicolor_share", "named_share", "decoder_multicolor_share"):
         check_share(f"--{name.replace('_', '-')}", getattr(settings, name))
+    if not 0 <= settings.individuals <= len(INDIVIDUALS):
+        raise BoothkitError(f"--individuals {settings.individuals}: a count from 0 to {len(INDIVIDUALS)}")
+    if settings.individuals and not (settings.named_share and settings.multicolor_share):
+        raise BoothkitError(
+            f"--individuals {settings.individuals} draws nothing without --multicolor-share and --named-share",
+            hint="the individuals are that share of the multi-colour objects, e.g. --multicolor-share 0.4 --named-share 0.6",
+        )
     if not 0 <= settings.high_noise_from <= 999:
         raise BoothkitError(f"--high-noise-from {settings.high_noise_from}: a timestep from 0 to 999")
     positive = (
