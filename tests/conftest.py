@@ -78,3 +78,20 @@ def fast_settings(**overrides: object) -> dict[str, object]:
     }
     base.update(overrides)
     return base
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """``boothkit ARGS`` in this process: (exit code, stdout, stderr)."""
+    from boothkit.cli import main
+
+    code = main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def assert_refused(capsys: pytest.CaptureFixture[str], args: list[str], phrase: str) -> str:
+    """``boothkit ARGS`` exits 2 with ``phrase`` in its message and no traceback; returns stderr."""
+    code, _, err = run_cli(capsys, *args)
+    assert code == 2, err
+    assert phrase in err and "Traceback" not in err, err
+    return err

@@ -6,13 +6,7 @@ import sys
 import pytest
 
 from boothkit.cli import main
-from conftest import make_photos
-
-
-def run_cli(capsys, *args: str) -> tuple[int, str, str]:
-    code = main(list(args))
-    out = capsys.readouterr()
-    return code, out.out, out.err
+from conftest import make_photos, run_cli
 
 
 def test_help_lists_flags_from_the_config(capsys) -> None:

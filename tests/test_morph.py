@@ -12,7 +12,6 @@ import pytest
 import torch
 from PIL import Image
 
-from boothkit.cli import main
 from boothkit.errors import BoothkitError
 from boothkit.morph import (
     check_output,
@@ -28,6 +27,7 @@ from boothkit.morph import (
     write_gif,
     write_mp4,
 )
+from conftest import run_cli
 
 FAST = {"steps": 2, "width": 32, "height": 32}
 
@@ -256,12 +256,6 @@ def test_morph_rejects_bad_settings_before_loading(tmp_path) -> None:
     with pytest.raises(BoothkitError, match="must both be positive"):
         morph(model, "x", seeds=[1, 2], duration=0, output=tmp_path / "a.gif")
     assert morph_seeds(10, 3) == [10, 11, 12] and morph_seeds(0, 5, [4, 2]) == [4, 2]
-
-
-def run_cli(capsys, *args: str) -> tuple[int, str, str]:
-    code = main(list(args))
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_cli_morph_end_to_end(capsys, tiny_model, tmp_path) -> None:
