@@ -186,6 +186,9 @@ def test_individuals_each_have_one_name_one_shape_and_one_look() -> None:
     assert 120 <= len(named) <= 240  # 0.5 x 0.6 of 600
     assert {s.name for s, _ in named} == set(list(INDIVIDUALS)[:6])
     assert not set(INDIVIDUALS) & set(RARE_TOKENS)  # the identifiers stay unused by any caption
+    assert not set(INDIVIDUALS) & set(vocabulary())  # a name is never a caption word
+    # The shipped v4 learned these: the list must not change under it.
+    assert list(INDIVIDUALS)[:4] == ["nuta", "vurure", "dido", "zikomi"] and len(INDIVIDUALS) == 48
     settings = PretrainSettings(caption_dropout=0.0, attribute_dropout=0.0, individuals=6, named_share=0.6)
     rng = random.Random(1)
     grid = np.meshgrid(np.linspace(-1, 1, 24), np.linspace(-1, 1, 24))
