@@ -17,23 +17,23 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from boothkit.toyworld import pretrain as P
+from boothkit.toyworld.model import RESOLUTION, caption_ids, load_components
 from boothkit.toyworld.scene import POSITION_PHRASES, POSITIONS
 
 
 @torch.no_grad()
 def redness_maps(folder: str, draws: int = 8, seed: int = 1) -> dict[str, torch.Tensor]:
     """Per position word: the 3x3 mean redness of the decoded x0 prediction at t=999."""
-    c = P.load_components(folder)
+    c = load_components(folder)
     unet, text, vae, sched = c["unet"].eval(), c["text_encoder"].eval(), c["vae"], c["scheduler"]
     if sched.config.prediction_type != "v_prediction":
         raise SystemExit(f"{folder}: an epsilon model has no x0 prediction at zero SNR (schedule 'sd')")
     captions = [
         f"a photo of a large red circle {POSITION_PHRASES[p]} on a plain gray background" for p in POSITIONS
     ]
-    hidden = text(P.caption_ids(c["tokenizer"], captions))[0]
+    hidden = text(caption_ids(c["tokenizer"], captions))[0]
     noise = torch.randn(
-        draws, 4, P.RESOLUTION // 2, P.RESOLUTION // 2, generator=torch.Generator().manual_seed(seed)
+        draws, 4, RESOLUTION // 2, RESOLUTION // 2, generator=torch.Generator().manual_seed(seed)
     )
     t = torch.full((draws,), 999)
     maps = {}

@@ -1,10 +1,10 @@
-"""Toy-model pretraining speed: fresh renders every batch vs the encoded pool, per UNet layout.
+"""Toy-model pretraining speed: fresh renders every batch vs the encoded pool.
 
 A pretraining step is the data (scenes, latents) and the UNet + text-encoder update. Without a
 pool the data is rendered and VAE-encoded every batch; with ``--pool`` the renders are encoded
 once (rendered by worker processes) and a batch is a draw from the cached posteriors. The update
 is the same either way, so the table times the two data paths, the one-off pool cost, and the
-update for the v1 layout (3 levels) and the v2 layout (4 levels, pooled caption), all in one run.
+update of the toy model's UNet (3 levels), all in one run.
 
   python bench/pretrain_speed.py                 # CPU, batch 32
   python bench/pretrain_speed.py --device cuda --batch-size 256
@@ -27,19 +27,16 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 import torch  # noqa: E402
 
-from boothkit.toyworld.pretrain import (  # noqa: E402
-    PretrainSettings,
+from boothkit.toyworld.captions import training_caption, training_scene  # noqa: E402
+from boothkit.toyworld.model import (  # noqa: E402
     build_components,
     caption_ids,
-    diffusion_loss,
-    encode_pool,
-    fresh_latents,
     load_vae,
     noise_schedule,
     shipped_model_dir,
-    training_caption,
-    training_scene,
 )
+from boothkit.toyworld.pretrain import diffusion_loss, encode_pool, fresh_latents  # noqa: E402
+from boothkit.toyworld.settings import PretrainSettings  # noqa: E402
 
 
 def seconds(fn: Callable[[], object], reps: int, warmup: int = 1) -> float:
@@ -106,11 +103,7 @@ def main() -> None:
         pool_times[workers] = (time.perf_counter() - t0) / args.pool
     assert pool is not None
     drawn = seconds(lambda: pool.sample(rng, batch, scaling), args.reps)
-    layouts = {
-        "v1: 3 levels": PretrainSettings(levels=3, pooled_text=False),
-        "v2: 4 levels + pooled caption": PretrainSettings(levels=4, pooled_text=True),
-    }
-    updates = {name: update_seconds(s, device, batch, max(3, args.reps // 2)) for name, s in layouts.items()}
+    updates = {"3 levels": update_seconds(PretrainSettings(), device, batch, max(3, args.reps // 2))}
 
     threads = torch.get_num_threads()
     print(f"# {platform.machine()} {device}, torch {torch.__version__}, {threads} threads, batch {batch}")

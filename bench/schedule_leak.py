@@ -18,7 +18,8 @@ import random
 import torch
 import torch.nn.functional as F
 
-from boothkit.toyworld import pretrain as P
+from boothkit.toyworld.model import SCHEDULES, load_vae, noise_schedule, sampling_scheduler, shipped_model_dir
+from boothkit.toyworld.pretrain import encode_pool
 
 
 def probe(features: torch.Tensor, labels: torch.Tensor, n_train: int) -> float:
@@ -37,8 +38,8 @@ def main() -> None:
     from diffusers import DDPMScheduler
 
     torch.manual_seed(args.seed)
-    vae = P.load_vae(P.shipped_model_dir())
-    pool = P.encode_pool(vae, args.images, random.Random(args.seed), "cpu")
+    vae = load_vae(shipped_model_dir())
+    pool = encode_pool(vae, args.images, random.Random(args.seed), "cpu")
     latents = pool.mean * float(vae.config.scaling_factor)
     n_train = args.images // 2
 
@@ -52,9 +53,9 @@ def main() -> None:
     print(f"{args.images} renders; chance: position {chance[0]:.2f}, background {chance[1]:.2f}")
     print("| schedule | t | sqrt(alpha_bar) | position probe | background probe |")
     print("|---|---|---|---|---|")
-    for kind in P.SCHEDULES:
-        sched = DDPMScheduler(**P.noise_schedule(kind))
-        ddim = P.sampling_scheduler(kind)
+    for kind in SCHEDULES:
+        sched = DDPMScheduler(**noise_schedule(kind))
+        ddim = sampling_scheduler(kind)
         ddim.set_timesteps(20)
         for t in sorted({int(ddim.timesteps[0]), 999}):
             a = sched.alphas_cumprod[t]

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from boothkit.toyworld import pretrain as P
 from boothkit.toyworld.bench import CONTEXTS, context_scenes
+from boothkit.toyworld.model import RESOLUTION, load_vae, shipped_model_dir, to_images, to_tensor
 from boothkit.toyworld.oracles import is_subject, subject_score
 from boothkit.toyworld.scene import SIZES, Scene
 from boothkit.toyworld.subjects import BENCH_SUBJECTS, SUBJECTS, render_subject
@@ -27,15 +27,15 @@ from boothkit.toyworld.subjects import BENCH_SUBJECTS, SUBJECTS, render_subject
 @torch.no_grad()
 def round_trip(vae: torch.nn.Module, images: list[Image.Image]) -> list[Image.Image]:
     """The VAE's reconstruction (posterior mean) of each image."""
-    return P.to_images(vae.decode(vae.encode(P.to_tensor(images)).latent_dist.mean).sample)  # type: ignore[operator]
+    return to_images(vae.decode(vae.encode(to_tensor(images)).latent_dist.mean).sample)  # type: ignore[operator]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=str(P.shipped_model_dir()))
+    parser.add_argument("--model", default=str(shipped_model_dir()))
     parser.add_argument("--subjects", nargs="+", default=list(BENCH_SUBJECTS), choices=sorted(SUBJECTS))
     args = parser.parse_args()
-    vae = P.load_vae(args.model)
+    vae = load_vae(args.model)
     print("| subject | size | renders: pass / mean score | VAE round trip: pass / mean score |")
     print("|---|---|---|---|")
     for name in args.subjects:
@@ -45,7 +45,7 @@ def main() -> None:
                 Scene(s.shape, None, size, s.position, s.background)
                 for s in context_scenes(subject, CONTEXTS)
             ]
-            renders = [render_subject(subject, s, P.RESOLUTION, seed=i) for i, s in enumerate(scenes)]
+            renders = [render_subject(subject, s, RESOLUTION, seed=i) for i, s in enumerate(scenes)]
             rebuilt = round_trip(vae, renders)
             cells = []
             for images in (renders, rebuilt):

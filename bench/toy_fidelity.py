@@ -4,7 +4,7 @@ The held-out figure is the one pretraining evaluates (56 captions, each with a (
 or (shape, background) pair the model never saw); the training-distribution figure uses 56
 captions drawn as training draws them (``training_scene``, its own seed), so the two together
 say whether a miss is compositional generalisation or the model not having learned the world.
-Both sample through boothkit's own loader (``boothkit.generate.load_pipeline``), as
+Both sample through boothkit's own loader (``boothkit.pipelines.open_pipeline``), as
 ``boothkit generate --model`` does. ``--record`` writes the figures into the folder's
 ``boothkit_toyworld.json``.
 
@@ -18,10 +18,11 @@ import json
 import random
 from pathlib import Path
 
-from boothkit.generate import load_pipeline
 from boothkit.io import atomic_write_json
+from boothkit.pipelines import open_pipeline
 from boothkit.toyworld import caption
-from boothkit.toyworld import pretrain as P
+from boothkit.toyworld.captions import training_scene
+from boothkit.toyworld.model import evaluate_pipeline, prompt_fidelity, sample_toy_images
 
 N, STEPS, GUIDANCE = 56, 20, 5.0
 
@@ -31,12 +32,12 @@ def main() -> None:
     parser.add_argument("model")
     parser.add_argument("--record", action="store_true", help="write the figures into boothkit_toyworld.json")
     args = parser.parse_args()
-    pipe = load_pipeline(args.model, [])
-    held_out = P.evaluate_pipeline(pipe, N, steps=STEPS, guidance=GUIDANCE)
+    pipe = open_pipeline(args.model, [])
+    held_out = evaluate_pipeline(pipe, N, steps=STEPS, guidance=GUIDANCE)
     rng = random.Random(99)
-    scenes = [P.training_scene(rng) for _ in range(N)]
-    images = P.generate(pipe, [caption(s) for s in scenes], steps=STEPS, guidance=GUIDANCE)
-    trained = P.prompt_fidelity(images, scenes)
+    scenes = [training_scene(rng) for _ in range(N)]
+    images = sample_toy_images(pipe, [caption(s) for s in scenes], steps=STEPS, guidance=GUIDANCE)
+    trained = prompt_fidelity(images, scenes)
     print(f"{args.model}: held-out {held_out.format()}")
     print(f"{args.model}: training distribution {trained.format()}")
     if args.record:

@@ -1,12 +1,59 @@
 """The command line as a user meets it: exit codes, messages, no tracebacks."""
 
+import argparse
+import dataclasses
 import subprocess
 import sys
 
 import pytest
 
-from boothkit.cli import main
+from boothkit.cli import build_parser, main
+from boothkit.config import REQUIRED, SECTIONS, TrainConfig
+from boothkit.flags import flag_name
 from conftest import make_photos, run_cli
+
+
+def _commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ("boothkit",)):
+    """(command path, its parser) for every command and subcommand."""
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _commands(sub, (*path, name))
+
+
+def test_every_flag_of_every_command_has_help() -> None:
+    missing = [
+        f"{' '.join(path)} {' '.join(a.option_strings) or a.dest}"
+        for path, parser in _commands(build_parser())
+        for a in parser._actions
+        if not a.help and not isinstance(a, argparse._SubParsersAction)
+    ]
+    assert len(list(_commands(build_parser()))) >= 10  # train ... toyworld bench
+    assert missing == []
+
+
+def test_train_help_is_grouped_from_the_schema_and_required_flags_say_so(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    assert text.startswith("usage: boothkit train --model MODEL --images DIR --output DIR [options]")
+    headings = [
+        line.rstrip(":")
+        for line in text.splitlines()
+        if line and not line[0].isspace() and line.endswith(":")
+    ]
+    assert headings[-len(SECTIONS) - 1 :] == ["required (as flags or in --config)", *SECTIONS.values()]
+    for name in REQUIRED:
+        assert f"--{name}" in text.split("required (as flags or in --config):")[1].split(SECTIONS["data"])[0]
+    # every setting is listed under its own section
+    for f in dataclasses.fields(TrainConfig):
+        section = f.metadata["section"]
+        if section:
+            block = text.split(SECTIONS[section] + ":")[1]
+            nxt = [t for t in SECTIONS.values() if t != SECTIONS[section] and t + ":" in block]
+            block = block.split(nxt[0] + ":")[0] if nxt else block
+            assert f"--{flag_name(f.name)}" in block, f.name
 
 
 def test_help_lists_flags_from_the_config(capsys) -> None:

@@ -19,22 +19,21 @@ import boothkit.export as export
 from boothkit.errors import BoothkitError
 from boothkit.export import (
     ExportReport,
-    Family,
     adapter_alphas,
     check_lora_matches,
     export_lora,
     from_kohya,
     load_lora_file,
-    lora_metadata,
     merge_lora,
     to_kohya,
     underscore_to_path,
     verify_conversion,
 )
-from boothkit.single_file import load_pipeline
+from boothkit.families import FamilyName, load_pipeline_folder
+from boothkit.metadata import lora_metadata
 from boothkit.tiny import build_tiny_pipeline
 
-FAMILIES: tuple[Family, ...] = ("sd1", "sd2", "sdxl")
+FAMILIES: tuple[FamilyName, ...] = ("sd1", "sd2", "sdxl")
 UNET_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
 TE_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 
@@ -54,13 +53,13 @@ def _one_thread() -> Any:
     torch.set_num_threads(threads)
 
 
-def text_encoder_names(family: Family) -> list[str]:
+def text_encoder_names(family: FamilyName) -> list[str]:
     return ["text_encoder", "text_encoder_2"] if family == "sdxl" else ["text_encoder"]
 
 
 def make_lora(
     base: Path,
-    family: Family,
+    family: FamilyName,
     out: Path,
     *,
     unet_alpha_pattern: dict[str, float] | None = None,
@@ -78,7 +77,7 @@ def make_lora(
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
-    pipe = load_pipeline(base)
+    pipe = load_pipeline_folder(base)
     torch.manual_seed(seed)
     unet_config = LoraConfig(
         r=4, lora_alpha=8, init_lora_weights="gaussian", target_modules=unet_targets,
@@ -168,7 +167,7 @@ def _image(pipe: Any) -> np.ndarray:
 
 
 def _with_lora(base: Path, lora: Path) -> np.ndarray:
-    pipe = load_pipeline(base)
+    pipe = load_pipeline_folder(base)
     pipe.load_lora_weights(str(lora.parent), weight_name=lora.name)
     return _image(pipe)
 
@@ -193,10 +192,10 @@ def _meta(path: Path) -> dict[str, str]:
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_kohya_round_trip_keeps_tensors_and_alphas(
-    bases: dict[str, Path], runs: dict[str, Path], family: Family
+    bases: dict[str, Path], runs: dict[str, Path], family: FamilyName
 ) -> None:
     lora = load_lora_file(runs[family])
-    unet_config = dict(load_pipeline(bases[family]).unet.config)
+    unet_config = dict(load_pipeline_folder(bases[family]).unet.config)
     alphas = adapter_alphas(lora.tensors, lora.metadata)
     ranks = {k: v.shape[0] for k, v in lora.tensors.items() if k.endswith("down.weight")}
     # Not the trivial case: ranks vary, and alphas differ from the ranks and between components.
@@ -216,7 +215,7 @@ def test_kohya_round_trip_keeps_tensors_and_alphas(
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_kohya_keys_are_what_diffusers_converter_reads(
-    bases: dict[str, Path], runs: dict[str, Path], family: Family
+    bases: dict[str, Path], runs: dict[str, Path], family: FamilyName
 ) -> None:
     """diffusers' own kohya -> peft conversion (a separate implementation) must consume every key
     and land each tensor on the module boothkit's `from_kohya` names."""
@@ -226,7 +225,7 @@ def test_kohya_keys_are_what_diffusers_converter_reads(
     )
     from diffusers.utils import convert_state_dict_to_peft, convert_unet_state_dict_to_peft
 
-    pipe = load_pipeline(bases[family])
+    pipe = load_pipeline_folder(bases[family])
     lora = load_lora_file(runs[family])
     converted = to_kohya(
         lora.tensors,
@@ -329,7 +328,7 @@ def test_unknown_keys_are_refused_not_dropped() -> None:
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_verified_export_both_ways(
-    bases: dict[str, Path], kohya: dict[str, ExportReport], tmp_path: Path, family: Family
+    bases: dict[str, Path], kohya: dict[str, ExportReport], tmp_path: Path, family: FamilyName
 ) -> None:
     report = kohya[family]
     components = ["unet", *text_encoder_names(family)]
@@ -358,9 +357,9 @@ def test_verified_export_both_ways(
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_kohya_file_gives_the_same_image_in_diffusers(
-    bases: dict[str, Path], runs: dict[str, Path], kohya: dict[str, ExportReport], family: Family
+    bases: dict[str, Path], runs: dict[str, Path], kohya: dict[str, ExportReport], family: FamilyName
 ) -> None:
-    base_image = _image(load_pipeline(bases[family]))
+    base_image = _image(load_pipeline_folder(bases[family]))
     diffusers_image = _with_lora(bases[family], runs[family] / export.LORA_FILE)
     kohya_image = _with_lora(bases[family], kohya[family].output)
     assert np.abs(diffusers_image - base_image).max() > 1e-2
@@ -393,7 +392,7 @@ ALL_UNET_LAYERS = [
 
 
 @pytest.mark.parametrize("family", ["sd1", "sdxl"])
-def test_every_unet_layer_kind_maps(bases: dict[str, Path], tmp_path: Path, family: Family) -> None:
+def test_every_unet_layer_kind_maps(bases: dict[str, Path], tmp_path: Path, family: FamilyName) -> None:
     # LoCon-style LoRAs also adapt resnets, samplers and embeddings; in SDXL's SGM naming those get
     # the most renumbering (in_layers_2, emb_layers_1, op, out_2, label_emb_0_0, ...).
     run = make_lora(
@@ -429,7 +428,7 @@ def test_verification_catches_a_wrong_mapping(
     # Self-attention q and k swapped: same shapes, so only the outputs can tell.
     good = load_file(str(kohya["sd1"].output))
     save_file({_swap_attn1_qk(k): v for k, v in good.items()}, str(tmp_path / "swapped.safetensors"))
-    pipe = load_pipeline(bases["sd1"])
+    pipe = load_pipeline_folder(bases["sd1"])
     source = runs["sd1"] / export.LORA_FILE
     diffs, _, missing = verify_conversion(pipe, source, tmp_path / "swapped.safetensors", [])
     assert diffs["unet"] > 1e-2 and missing == []
@@ -483,18 +482,18 @@ def _reload_single_file(path: Path, config: Path) -> Any:
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_merged_model_matches_base_plus_lora(
-    bases: dict[str, Path], kohya: dict[str, ExportReport], tmp_path: Path, family: Family
+    bases: dict[str, Path], kohya: dict[str, ExportReport], tmp_path: Path, family: FamilyName
 ) -> None:
     lora = kohya[family].output  # merging reads either layout
     expected = _with_lora(bases[family], lora)
-    effect = np.abs(expected - _image(load_pipeline(bases[family])))
+    effect = np.abs(expected - _image(load_pipeline_folder(bases[family])))
     assert effect.max() > 1e-2
 
     folder = merge_lora(bases[family], lora, output=tmp_path / "merged")
     # Merged weights round differently from base + LoRA applied on the fly, and CPU kernels round
     # differently with memory layout (see _image), so an SDXL pixel can move by a few 1e-3 from
     # run to run: the merged image must match on average and stay far inside the LoRA's effect.
-    diff = np.abs(_image(load_pipeline(folder)) - expected)
+    diff = np.abs(_image(load_pipeline_folder(folder)) - expected)
     assert diff.mean() <= 1e-3 and diff.max() <= 0.1 * effect.max(), (diff.max(), effect.max())
     info = json.loads((folder / "boothkit.json").read_text())
     assert info["boothkit_merged_lora"] == str(lora) and info["boothkit_token"] == "sks"
@@ -511,7 +510,10 @@ def test_merge_scale_zero_is_the_base_model(
     bases: dict[str, Path], runs: dict[str, Path], tmp_path: Path
 ) -> None:
     folder = merge_lora(bases["sd1"], runs["sd1"], scale=0.0, output=tmp_path / "merged")
-    assert np.abs(_image(load_pipeline(folder)) - _image(load_pipeline(bases["sd1"]))).max() <= 1e-6
+    assert (
+        np.abs(_image(load_pipeline_folder(folder)) - _image(load_pipeline_folder(bases["sd1"]))).max()
+        <= 1e-6
+    )
     # Merging again replaces the folder in place.
     merge_lora(bases["sd1"], runs["sd1"], scale=1.0, output=folder)
     assert json.loads((folder / "boothkit.json").read_text())["boothkit_merge_scale"] == "1.0"
@@ -528,7 +530,9 @@ def test_merge_refuses_a_partly_applied_lora(bases: dict[str, Path], tmp_path: P
     converted = export_lora(run, format="kohya", output=tmp_path / "k.safetensors")
     assert converted.modules == 95 and converted.unmapped == []
     merged = merge_lora(bases["sd1"], converted.output, output=tmp_path / "merged")
-    assert np.abs(_image(load_pipeline(merged)) - _image(load_pipeline(bases["sd1"]))).max() > 1e-2
+    assert (
+        np.abs(_image(load_pipeline_folder(merged)) - _image(load_pipeline_folder(bases["sd1"]))).max() > 1e-2
+    )
 
 
 # ----------------------------------------------------------------------------- refusals
@@ -546,10 +550,10 @@ def test_family_mismatch_names_both_sides(
         export_lora(
             kohya["sd1"].output, format="diffusers", output=tmp_path / "x", base_model_dir=bases["sdxl"]
         )
-    sdxl_pipe = load_pipeline(bases["sdxl"])
+    sdxl_pipe = load_pipeline_folder(bases["sdxl"])
     with pytest.raises(BoothkitError, match="sdxl.*sd1"):
         check_lora_matches(
-            load_lora_file(runs["sdxl"]).tensors, load_pipeline(bases["sd1"]), lora_family="sdxl"
+            load_lora_file(runs["sdxl"]).tensors, load_pipeline_folder(bases["sd1"]), lora_family="sdxl"
         )
     check_lora_matches(load_lora_file(runs["sdxl"]).tensors, sdxl_pipe)  # the right base passes
 
@@ -603,7 +607,7 @@ def test_a_pivotal_runs_token_travels_with_its_exports(
     its tokenizer and text encoder."""
     run = tmp_path / "run"
     shutil.copytree(runs["sd1"], run)
-    vector = torch.randn(1, load_pipeline(bases["sd1"]).text_encoder.config.hidden_size)
+    vector = torch.randn(1, load_pipeline_folder(bases["sd1"]).text_encoder.config.hidden_size)
     save_file({"<sks>": vector}, str(run / "learned_embeds.safetensors"), {"boothkit_placeholder": "<sks>"})
 
     report = export_lora(run, format="kohya", output=tmp_path / "k.safetensors")
@@ -613,7 +617,7 @@ def test_a_pivotal_runs_token_travels_with_its_exports(
     single = merge_lora(bases["sd1"], run, output=tmp_path / "m.safetensors", single_file=True)
     assert torch.equal(load_file(single.with_name("m_emb.safetensors"))["<sks>"], vector)
 
-    merged = load_pipeline(merge_lora(bases["sd1"], run, output=tmp_path / "merged"))
+    merged = load_pipeline_folder(merge_lora(bases["sd1"], run, output=tmp_path / "merged"))
     token_id = merged.tokenizer.convert_tokens_to_ids("<sks>")
     assert token_id != merged.tokenizer.unk_token_id
     assert torch.equal(merged.text_encoder.get_input_embeddings().weight[token_id], vector[0])

@@ -122,7 +122,7 @@ def test_fingerprint_changes_with_weights(tiny_model, tmp_path: Path) -> None:
 @pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
 def test_single_file_checkpoint_loads_through_the_loader(family, tiny_model, tmp_path: Path) -> None:
     """A single-file .safetensors in the original layout (as model sites ship) loads with its configs."""
-    from boothkit.single_file import save_single_file
+    from boothkit.families.single_file import save_single_file
 
     folder = tiny_model(family)
     ckpt = save_single_file(folder, tmp_path / f"{family}.safetensors")
@@ -141,7 +141,7 @@ def test_single_file_checkpoint_loads_through_the_loader(family, tiny_model, tmp
 
 
 def test_single_file_without_configs_offline_is_explained(tiny_model, tmp_path: Path) -> None:
-    from boothkit.single_file import save_single_file
+    from boothkit.families.single_file import save_single_file
 
     ckpt = save_single_file(tiny_model("sd1"), tmp_path / "model.safetensors")
     with pytest.raises(BoothkitError, match="--model-config|not in the local Hugging Face cache"):

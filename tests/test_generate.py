@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from boothkit.adapters import Adapter, parse_adapter
 from boothkit.config import TrainConfig
 from boothkit.errors import BoothkitError
-from boothkit.generate import Adapter, generate, load_pipeline, parse_adapter
+from boothkit.generate import generate
+from boothkit.pipelines import open_pipeline
 from boothkit.train import train
 from conftest import fast_settings
 
@@ -73,7 +75,7 @@ def test_weight_zero_is_the_base_and_two_adapters_add(tiny_model, runs) -> None:
     import torch
 
     def image(adapters):
-        pipe = load_pipeline(str(tiny_model("sd1")), adapters)
+        pipe = open_pipeline(str(tiny_model("sd1")), adapters)
         return pipe(
             "a photo of sks dog",
             num_inference_steps=2,
@@ -94,7 +96,7 @@ def test_adapter_for_another_family_names_both(tiny_model, runs, capsys) -> None
     with pytest.raises(
         BoothkitError, match=r"trained for SDXL \(sdxl\) but the base model is SD 1.x \(sd1\)"
     ):
-        load_pipeline(str(tiny_model("sd1")), [parse_adapter(str(runs["sdxl"]))])
+        open_pipeline(str(tiny_model("sd1")), [parse_adapter(str(runs["sdxl"]))])
     assert (
         main(["generate", "--model", str(tiny_model("sdxl")), "--lora", str(runs["sd1_ti"]), "--prompt", "x"])
         == 2
@@ -132,7 +134,7 @@ def test_two_adapters_equal_their_merged_equivalent(tiny_model, runs, tmp_path) 
     from boothkit.export import merge_lora
 
     def image(model, adapters):
-        pipe = load_pipeline(str(model), adapters)
+        pipe = open_pipeline(str(model), adapters)
         return pipe(
             "a photo of sks dog",
             num_inference_steps=3,
@@ -155,7 +157,7 @@ def test_two_runs_with_the_same_token_are_refused_by_name(tiny_model, runs) -> N
     says which file and what to do, instead of diffusers' "already in tokenizer vocabulary"."""
     ti = parse_adapter(str(runs["sd1_ti"]))
     with pytest.raises(BoothkitError, match=r"token <sks> is already taken") as info:
-        load_pipeline(str(tiny_model("sd1")), [ti, ti])
+        open_pipeline(str(tiny_model("sd1")), [ti, ti])
     assert "learned_embeds.safetensors" in str(info.value) and "--token" in (info.value.hint or "")
 
 

@@ -134,9 +134,10 @@ def test_textual_inversion(family, tiny_model, photos, tmp_path) -> None:
         pipe.load_textual_inversion(str(result.output / "learned_embeds.safetensors"))
     assert abs(_image(pipe, "a photo of <sks> dog") - before).max() > 1e-4
     # And through boothkit's generate path.
-    from boothkit.generate import load_pipeline, parse_adapter
+    from boothkit.adapters import parse_adapter
+    from boothkit.pipelines import open_pipeline
 
-    ours = load_pipeline(str(tiny_model(family)), [parse_adapter(str(result.output))])
+    ours = open_pipeline(str(tiny_model(family)), [parse_adapter(str(result.output))])
     assert "<sks>" in ours.tokenizer.get_vocab()
 
 
@@ -168,12 +169,13 @@ def test_pivotal_phases_and_generate(family, tiny_model, photos, tmp_path) -> No
         if hasattr(model.unet, "base_model")
         else True
     )
-    from boothkit.generate import load_pipeline, parse_adapter
+    from boothkit.adapters import parse_adapter
+    from boothkit.pipelines import open_pipeline
 
-    pipe = load_pipeline(str(tiny_model(family)), [parse_adapter(str(out))])
+    pipe = open_pipeline(str(tiny_model(family)), [parse_adapter(str(out))])
     assert "<sks>" in pipe.tokenizer.get_vocab()
     assert pipe.get_active_adapters()
-    base = load_pipeline(str(tiny_model(family)), [])
+    base = open_pipeline(str(tiny_model(family)), [])
     assert abs(_image(pipe, PROMPT.format("<sks>")) - _image(base, PROMPT.format("<sks>"))).max() > 1e-4
 
 
@@ -187,13 +189,14 @@ def test_pivotal_with_text_encoder_lora_loads(family, tiny_model, photos, tmp_pa
     keys = list(load_file(out / "pytorch_lora_weights.safetensors"))
     assert all("lora" in k for k in keys), [k for k in keys if "lora" not in k]
     assert any(k.startswith("text_encoder.") for k in keys)
-    from boothkit.generate import load_pipeline, parse_adapter
+    from boothkit.adapters import parse_adapter
+    from boothkit.pipelines import open_pipeline
 
-    pipe = load_pipeline(str(tiny_model(family)), [parse_adapter(str(out))])
+    pipe = open_pipeline(str(tiny_model(family)), [parse_adapter(str(out))])
     assert "<sks>" in pipe.tokenizer.get_vocab()
     te_lora = [n for n, _ in pipe.text_encoder.named_parameters() if "lora_B" in n]
     assert te_lora, "the text encoder's LoRA was not applied"
-    no_te = load_pipeline(str(tiny_model(family)), [parse_adapter(str(out))])
+    no_te = open_pipeline(str(tiny_model(family)), [parse_adapter(str(out))])
     no_te.text_encoder.disable_adapters()
     prompt = PROMPT.format("<sks>")
     assert abs(_image(pipe, prompt) - _image(no_te, prompt)).max() > 1e-4
@@ -269,3 +272,37 @@ def test_full_single_file_export_loads_back_to_the_same_weights(tiny_model, phot
     )
     saved = _fresh(result.output / "model").unet.state_dict()
     assert all(torch.equal(v, saved[k]) for k, v in back.unet.state_dict().items())
+
+
+@pytest.mark.parametrize(
+    ("name", "identifier", "standalone", "network"),
+    [
+        ("lora", "sks", False, True),
+        ("full", "sks", True, False),
+        ("ti", "<sks>", False, False),
+        ("pivotal", "<sks>", False, True),
+    ],
+)
+def test_each_method_answers_for_itself(name, identifier, standalone, network) -> None:
+    """The word prompts use, whether a run is a model of its own, and what its files say: asked of the
+    method, never decided by testing its name elsewhere."""
+    from boothkit.config import METHODS
+    from boothkit.metadata import lora_metadata
+    from boothkit.methods import get_method
+
+    assert set(METHODS) == {"lora", "full", "ti", "pivotal"}
+    method = get_method(name)
+    assert method.name == name and method.identifier("sks") == identifier and method.standalone is standalone
+    common = lora_metadata(base_model="m", family="sd1", rank=4, alpha=4, steps=1, resolution=32, method=name)
+    meta = method.file_metadata(common)
+    assert ("ss_network_dim" in meta) is network and ("boothkit_rank" in meta) is network
+    arch = meta["modelspec.architecture"]
+    assert (
+        arch
+        == {
+            "lora": "stable-diffusion-v1/lora",
+            "pivotal": "stable-diffusion-v1/lora",
+            "full": "stable-diffusion-v1",
+            "ti": "stable-diffusion-v1/textual-inversion",
+        }[name]
+    )

@@ -14,11 +14,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from boothkit.errors import BoothkitError
-from boothkit.single_file import (
-    SingleFileFamily,
+from boothkit.families import FamilyName, load_pipeline_folder
+from boothkit.families.single_file import (
     UNetLayout,
     detect_single_file_family,
-    load_pipeline,
     save_single_file,
     unet_path_from_ldm,
     unet_path_to_ldm,
@@ -27,7 +26,7 @@ from boothkit.single_file import (
 )
 from boothkit.tiny import build_tiny_pipeline
 
-FAMILIES: tuple[SingleFileFamily, ...] = ("sd1", "sd2", "sdxl")
+FAMILIES: tuple[FamilyName, ...] = ("sd1", "sd2", "sdxl")
 
 
 @pytest.fixture(autouse=True)
@@ -54,7 +53,7 @@ def _wide_sdxl(tiny_sdxl: Path, out: Path) -> Path:
     from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextModelWithProjection
 
-    pipe = load_pipeline(tiny_sdxl)
+    pipe = load_pipeline_folder(tiny_sdxl)
     torch.manual_seed(1)
     te2_config = pipe.text_encoder_2.config
     te2_config.hidden_size, te2_config.intermediate_size, te2_config.projection_dim = 48, 96, 40
@@ -110,7 +109,7 @@ def _assert_same_weights(a: torch.nn.Module, b: torch.nn.Module, name: str) -> N
 @pytest.mark.parametrize("name", ["sd1", "sd2", "sdxl-wide"])
 def test_round_trip_through_diffusers_loader(models: dict[str, Path], tmp_path: Path, name: str) -> None:
     src = models[name]
-    original = load_pipeline(src)
+    original = load_pipeline_folder(src)
     path = save_single_file(src, tmp_path / "model.safetensors", metadata={"note": "hello"})
 
     assert detect_single_file_family(path) == name.split("-")[0]
@@ -134,7 +133,7 @@ def test_tiny_sdxl_second_encoder_via_diffusers_converter(models: dict[str, Path
     from transformers import CLIPTextModelWithProjection
 
     src = models["sdxl"]
-    original = load_pipeline(src)
+    original = load_pipeline_folder(src)
     path = save_single_file(original, tmp_path / "sdxl.safetensors")
     checkpoint = load_file(str(path))
     te2 = CLIPTextModelWithProjection.from_pretrained(src / "text_encoder_2")

@@ -8,20 +8,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from safetensors.torch import load_file, save_file
 
+from boothkit.adapters import Adapter
 from boothkit.cli import main
 from boothkit.errors import BoothkitError
+from boothkit.files import LORA_FILE
 from boothkit.studies import (
     DEFAULT_STYLES,
     KINDS,
+    Cell,
     Renderer,
     Sampling,
     StudyRequest,
-    choose_prompt_set,
     compare_study,
     guidance_study,
-    load_prompts,
-    parse_prompt_sets,
     parse_row,
     resolve_seeds,
     run_study,
@@ -185,9 +186,16 @@ def test_parse_row_forms_and_errors(lora_run, tmp_path) -> None:
 
 
 def test_lora_of_another_family_is_refused(tiny_model, lora_run) -> None:
+    """A grid loads adapters as generate does: the family check names both families before diffusers
+    is asked (it used to be skipped here), and a file without boothkit's metadata still fails by name."""
     sdxl = Renderer.load(str(tiny_model("sdxl")))
+    row = parse_row(f"x={lora_run}")
+    with pytest.raises(BoothkitError, match=r"trained for SD 1.x \(sd1\) but the base model is SDXL"):
+        sdxl.render(Cell("a photo of sks dog", 0, 5.0, row.adapters), Sampling(steps=1))
+    bare = lora_run.parent / "bare.safetensors"
+    save_file(load_file(str(lora_run / LORA_FILE)), str(bare))  # the same tensors, no metadata
     with pytest.raises(BoothkitError, match="could not apply LoRA|no layer that matches"):
-        sdxl.activate(parse_row(f"x={lora_run}").adapters)
+        sdxl.render(Cell("a photo of sks dog", 0, 5.0, (Adapter(bare),)), Sampling(steps=1))
 
 
 # ----------------------------------------------------------------------------- token
@@ -219,57 +227,6 @@ def test_token_grid_rows_with_and_without(renderer) -> None:
 
 
 @pytest.mark.skipif(not (SHARED / "prompts_and_classes.txt").is_file(), reason="shared dataset not present")
-def test_the_dreambooth_prompt_file_parses_into_two_lists_of_25() -> None:
-    text = (SHARED / "prompts_and_classes.txt").read_text(encoding="utf-8")
-    sets = parse_prompt_sets(text)
-    assert [s.name for s in sets] == ["object", "live"]
-    assert [len(s.templates) for s in sets] == [25, 25]
-    assert sets[0].templates[0] == "a {token} {class_noun} in the jungle"
-    assert "a {token} {class_noun} wearing a santa hat" in sets[1].templates
-    assert not any("backpack" in t for s in sets for t in s.templates)  # the class table is not prompts
-
-    chosen, prompts = load_prompts(SHARED / "prompts_and_classes.txt", token="sks", class_noun="dog")
-    assert chosen.name == "live" and prompts[0] == "a sks dog in the jungle" and len(prompts) == 25
-    chosen, prompts = load_prompts(SHARED / "prompts_and_classes.txt", token="zwx", class_noun="teapot")
-    assert chosen.name == "object" and prompts[-1] == "a cube shaped zwx teapot"
-    chosen, _ = load_prompts(SHARED / "prompts_and_classes.txt", class_noun="dog", prompt_set="object")
-    assert chosen.name == "object"
-    with pytest.raises(BoothkitError, match="pass --class-noun"):
-        load_prompts(SHARED / "prompts_and_classes.txt")
-
-
-def test_plain_and_python_prompt_lines(tmp_path) -> None:
-    plain = parse_prompt_sets("# a comment\n\na photo of {token} {class_noun}\n  a {token} on the moon  \n")
-    assert len(plain) == 1 and plain[0].templates == (
-        "a photo of {token} {class_noun}",
-        "a {token} on the moon",
-    )
-    python = parse_prompt_sets(
-        "Mine\nprompts = [\n"
-        "'a {} {} in the rain'.format(unique_token, class_token),\n"
-        '"the {1} called {0}".format(unique_token, class_token),\n'
-        "'a {{literal}} {0}'.format(unique_token),\n"
-        "'plain {token} line',\n]\n"
-    )
-    assert python[0].name == "mine"
-    assert python[0].templates == (
-        "a {token} {class_noun} in the rain",
-        "the {class_noun} called {token}",
-        "a {{literal}} {token}",
-        "plain {token} line",
-    )
-    with pytest.raises(BoothkitError, match="neither the token nor the class"):
-        parse_prompt_sets("p = [\n'a {0}'.format(os),\n]\n")
-    with pytest.raises(BoothkitError, match="line 2"):
-        parse_prompt_sets("p = [\n__import__('os').system('x'),\n]\n")
-    with pytest.raises(BoothkitError, match="never closed"):
-        parse_prompt_sets("p = [\n'a',\n")
-    with pytest.raises(BoothkitError, match="not in the prompt file"):
-        choose_prompt_set(python, "live", None)
-    with pytest.raises(BoothkitError, match="does not exist"):
-        load_prompts(tmp_path / "missing.txt")
-
-
 def test_seed_defaults_per_kind() -> None:
     assert resolve_seeds("seeds", 10, None, None) == list(range(10, 18))
     assert resolve_seeds("token", 0, None, None) == [0, 1, 2, 3]
@@ -439,8 +396,9 @@ def test_compare_grid_takes_textual_inversion_and_pivotal_runs(tiny_model, photo
 def test_compare_rows_of_runs_that_learned_the_same_token(family, tiny_model, photos, tmp_path) -> None:
     """Two TI runs of <sks> with different settings, the usual comparison: each row renders exactly
     what its run renders alone, and one cell can't hold both."""
+    from boothkit.adapters import parse_adapter
     from boothkit.config import TrainConfig
-    from boothkit.generate import load_pipeline, parse_adapter
+    from boothkit.pipelines import open_pipeline
     from boothkit.studies import Cell, Renderer, Sampling
     from boothkit.train import train
     from conftest import fast_settings
@@ -465,7 +423,7 @@ def test_compare_rows_of_runs_that_learned_the_same_token(family, tiny_model, ph
     grid = [np.asarray(renderer.render(Cell(prompt, 0, 5.0, (run,)), sampling)) for run in (*runs, runs[0])]
 
     def alone(run) -> np.ndarray:
-        pipe = load_pipeline(str(model), [run])
+        pipe = open_pipeline(str(model), [run])
         return np.asarray(
             pipe(
                 prompt,

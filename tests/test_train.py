@@ -367,7 +367,8 @@ def test_rejected_photo_stops_before_the_model_loads_unless_skip_invalid(
 
 
 def _prior_prompts(config: TrainConfig) -> list[str]:
-    from boothkit.train import check_instance_images, prepare
+    from boothkit.preflight import check_instance_images
+    from boothkit.train import prepare
 
     run = prepare(config, None, lambda s: None, check_instance_images(config))
     (priors,) = run.priors.values()  # one size: no buckets
@@ -485,7 +486,7 @@ def test_class_image_captions_that_name_the_token_are_refused(photos, tmp_path, 
 def test_the_suggested_generate_command_fits_the_method(method: str, line: str) -> None:
     """TI and pivotal runs are prompted with their placeholder; a full fine-tune is the model itself."""
     from boothkit.outputs import summary_text
-    from boothkit.train import TrainResult
+    from boothkit.run import TrainResult
 
     config = TrainConfig(model="base", images="i", output="runs/x", class_noun="dog", method=method)  # type: ignore[arg-type]
     text = summary_text(TrainResult(Path("runs/x"), [], 1, 1.0, 0.1), config)

@@ -20,6 +20,7 @@ import json
 import os
 import random
 import shutil
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,11 +28,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 from boothkit.errors import BoothkitError
+from boothkit.files import CHECKPOINT_MANIFEST, CHECKPOINT_WEIGHTS, CHECKPOINTS_DIR, step_name
 from boothkit.io import _fsync_dir
 
-CHECKPOINTS = "checkpoints"
 FORMAT = 1
 # Settings that may differ between a run and its resumption without changing what it computes.
 RESUMABLE_CHANGES = frozenset(
@@ -58,10 +61,6 @@ class LoopState:
     batch_size: int
     grad_accum: int
     skipped_steps: int = 0
-
-
-def checkpoint_name(step: int) -> str:
-    return f"step-{step:06d}"
 
 
 def sha256(path: Path) -> str:
@@ -133,8 +132,6 @@ def restore_rng(generator: torch.Generator, tensors: dict[str, torch.Tensor], pl
 
 
 def _write_safetensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    from safetensors.torch import save_file
-
     save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path))
 
 
@@ -169,16 +166,16 @@ def save_checkpoint(
     """Write a complete checkpoint for `loop.step` atomically, verify it, then rotate old ones."""
     if not all_finite(trainable):
         raise BoothkitError(f"refusing to save a checkpoint at step {loop.step}: some weights are not finite")
-    root = run_dir / CHECKPOINTS
+    root = run_dir / CHECKPOINTS_DIR
     root.mkdir(parents=True, exist_ok=True)
-    final = root / checkpoint_name(loop.step)
-    tmp = root / f".{checkpoint_name(loop.step)}.partial-{os.getpid()}"
+    final = root / step_name(loop.step)
+    tmp = root / f".{step_name(loop.step)}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
         opt_tensors, opt_plain = _split_optimizer(optimizer.state_dict())
         rng_tensors, rng_plain = rng_state(generator)
-        _write_safetensors(tmp / "trainable.safetensors", trainable)
+        _write_safetensors(tmp / CHECKPOINT_WEIGHTS, trainable)
         fault_point("checkpoint-write", loop.step)
         _write_safetensors(tmp / "optimizer.safetensors", opt_tensors)
         _write_json(tmp / "optimizer.json", opt_plain)
@@ -194,7 +191,7 @@ def save_checkpoint(
         )
         files = sorted(p.name for p in tmp.iterdir())
         _write_json(
-            tmp / "manifest.json",
+            tmp / CHECKPOINT_MANIFEST,
             {
                 **manifest,
                 "format": FORMAT,
@@ -230,7 +227,7 @@ def save_checkpoint(
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
     """Complete-looking checkpoint folders, newest first (partial writes have a dot name)."""
-    root = run_dir / CHECKPOINTS
+    root = run_dir / CHECKPOINTS_DIR
     if not root.is_dir():
         return []
     found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and p.name[5:].isdigit()]
@@ -240,7 +237,7 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 def verify(checkpoint: Path) -> bool:
     """Every file the manifest names is there with its hash, and nothing else is needed."""
     try:
-        manifest = json.loads((checkpoint / "manifest.json").read_text(encoding="utf-8"))
+        manifest = json.loads((checkpoint / CHECKPOINT_MANIFEST).read_text(encoding="utf-8"))
         files = manifest["files"]
         return bool(files) and all(sha256(checkpoint / name) == digest for name, digest in files.items())
     except (OSError, ValueError, KeyError, TypeError):
@@ -255,7 +252,7 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def remove_partials(run_dir: Path) -> None:
-    root = run_dir / CHECKPOINTS
+    root = run_dir / CHECKPOINTS_DIR
     if root.is_dir():
         for p in root.iterdir():
             if p.name.startswith(".") and ".partial-" in p.name:
@@ -280,13 +277,10 @@ class Checkpoint:
 
 def load_checkpoint(path: Path) -> Checkpoint:
     """Read a checkpoint through safetensors and JSON only: a crafted folder cannot run code."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     if not verify(path):
         raise BoothkitError(f"checkpoint {path} is incomplete or does not match its manifest")
     try:
-        manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+        manifest = json.loads((path / CHECKPOINT_MANIFEST).read_text(encoding="utf-8"))
         state = json.loads((path / "state.json").read_text(encoding="utf-8"))
         optimizer = _join_optimizer(
             load_file(path / "optimizer.safetensors"),
@@ -296,7 +290,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
             path=path,
             manifest=manifest,
             loop=LoopState(**state["loop"]),
-            trainable=load_file(path / "trainable.safetensors"),
+            trainable=load_file(path / CHECKPOINT_WEIGHTS),
             optimizer=optimizer,
             lr_scheduler=state["lr_scheduler"],
             scaler=state["scaler"],
@@ -340,7 +334,6 @@ def fault_point(name: str, step: int) -> None:
         return
     if at and step < int(at):
         return
-    import signal
 
     os.kill(os.getpid(), signal.SIGKILL)
 

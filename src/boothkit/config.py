@@ -7,9 +7,8 @@ import here, so `boothkit --help` and config errors are instant.
 
 from __future__ import annotations
 
-import dataclasses
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
@@ -18,9 +17,14 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+import tomli_w
+
+from boothkit.data.captions import names_token
 from boothkit.errors import BoothkitError
+from boothkit.flags import flag_name, option
 
 Method = Literal["lora", "full", "ti", "pivotal"]
+METHODS: tuple[str, ...] = get_args(Method)
 Precision = Literal["no", "fp16", "bf16"]
 LRSchedule = Literal[
     "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"
@@ -37,8 +41,17 @@ DEFAULT_VALIDATION_PROMPTS: tuple[str, ...] = (
 )
 
 
-def _opt(help: str, **kwargs: Any) -> Any:
-    return field(metadata={"help": help}, **kwargs)
+# The sections of `boothkit train --help`, in order; each field names its own.
+SECTIONS: dict[str, str] = {
+    "data": "subject, prompts and photos",
+    "prior": "prior preservation (class images)",
+    "method": "method: LoRA, full fine-tune, textual inversion, pivotal tuning",
+    "optimisation": "optimisation",
+    "precision": "precision, memory and device",
+    "outputs": "samples and checkpoints",
+    "resume": "resume and safety",
+}
+REQUIRED: tuple[str, ...] = ("model", "images", "output")
 
 
 @dataclass(frozen=True)
@@ -46,122 +59,178 @@ class TrainConfig:
     """Everything that shapes a training run. Field docs are the CLI help."""
 
     # What to train on and where to write
-    model: str = _opt("base model: hub id, local diffusers folder, or single-file .safetensors", default="")
-    images: str = _opt("folder of instance photos of the subject", default="")
-    output: str = _opt(
+    model: str = option("base model: hub id, local diffusers folder, or single-file .safetensors", default="")
+    images: str = option("folder of instance photos of the subject", default="")
+    output: str = option(
         "run folder to write (created; an existing non-empty folder must be a boothkit run)", default=""
     )
-    token: str = _opt("identifier token bound to the subject", default="sks")
-    class_noun: str | None = _opt(
-        "class of the subject, e.g. dog (needed for prior preservation)", default=None
+    token: str = option("identifier token bound to the subject", section="data", default="sks")
+    class_noun: str | None = option(
+        "class of the subject, e.g. dog (needed for prior preservation)", section="data", default=None
     )
-    method: Method = _opt("training method", default="lora")
-    instance_prompt: str = _opt(
-        "prompt template for instance images", default="a photo of {token} {class_noun}"
+    method: Method = option("training method", section="method", default="lora")
+    instance_prompt: str = option(
+        "prompt template for instance images", section="data", default="a photo of {token} {class_noun}"
     )
-    class_prompt: str = _opt("prompt for class (prior) images", default="a photo of {class_noun}")
-    class_prompts: tuple[str, ...] = _opt(
+    class_prompt: str = option(
+        "prompt for class (prior) images", section="prior", default="a photo of {class_noun}"
+    )
+    class_prompts: tuple[str, ...] = option(
         "several prompts for class images, used in turn (e.g. the contexts your captions name: "
         "'a photo of {class_noun} on a beach'); each class image trains on its own prompt",
+        section="prior",
         default=(),
     )
-    model_config: str | None = _opt(
-        "for a single-file checkpoint: diffusers folder or hub id holding the matching configs", default=None
+    model_config: str | None = option(
+        "for a single-file checkpoint: diffusers folder or hub id holding the matching configs",
+        section="data",
+        default=None,
     )
-    prediction_type: Literal["epsilon", "v_prediction"] | None = _opt(
-        "override the prediction type read from the model's scheduler config", default=None
+    prediction_type: Literal["epsilon", "v_prediction"] | None = option(
+        "override the prediction type read from the model's scheduler config", section="data", default=None
     )
     # Images
-    resolution: int | None = _opt("training resolution (default: the model's native size)", default=None)
-    flip: bool = _opt("random horizontal flip of instance images", default=False)
-    crop: Literal["center", "random"] = _opt("how non-square photos are cropped", default="center")
-    buckets: bool = _opt(
+    resolution: int | None = option(
+        "training resolution (default: the model's native size)", section="data", default=None
+    )
+    flip: bool = option("random horizontal flip of instance images", section="data", default=False)
+    crop: Literal["center", "random"] = option(
+        "how non-square photos are cropped", section="data", default="center"
+    )
+    buckets: bool = option(
         "aspect-ratio bucketing: train each photo near its own shape at about the same pixel count",
+        section="data",
         default=False,
     )
-    alpha_background: str = _opt("colour transparent areas are composited onto", default="white")
-    skip_invalid: bool = _opt("train on the valid images when some are rejected", default=False)
+    alpha_background: str = option(
+        "colour transparent areas are composited onto", section="data", default="white"
+    )
+    skip_invalid: bool = option(
+        "train on the valid images when some are rejected", section="data", default=False
+    )
     # Prior preservation
-    prior: bool = _opt("prior preservation with class images (on when a class noun is given)", default=True)
-    class_images: int = _opt("number of class images", default=100)
-    class_dir: str | None = _opt("folder of your own class images instead of generated ones", default=None)
-    prior_weight: float = _opt("weight of the prior-preservation loss", default=1.0)
-    class_steps: int = _opt("sampling steps when generating class images", default=30)
-    class_guidance: float = _opt("guidance scale when generating class images", default=7.5)
-    class_negative: str = _opt("negative prompt when generating class images", default="")
-    class_batch_size: int = _opt("batch size when generating class images", default=4)
-    bank_dir: str | None = _opt(
-        "where the class-image bank lives (default: ~/.cache/boothkit/class_images)", default=None
+    prior: bool = option(
+        "prior preservation with class images (default: on when a class noun is given)",
+        section="prior",
+        default=True,
+    )
+    class_images: int = option("number of class images", section="prior", default=100)
+    class_dir: str | None = option(
+        "folder of your own class images instead of generated ones", section="prior", default=None
+    )
+    prior_weight: float = option("weight of the prior-preservation loss", section="prior", default=1.0)
+    class_steps: int = option("sampling steps when generating class images", section="prior", default=30)
+    class_guidance: float = option(
+        "guidance scale when generating class images", section="prior", default=7.5
+    )
+    class_negative: str = option("negative prompt when generating class images", section="prior", default="")
+    class_batch_size: int = option("batch size when generating class images", section="prior", default=4)
+    bank_dir: str | None = option(
+        "where the class-image bank lives (default: ~/.cache/boothkit/class_images)",
+        section="prior",
+        default=None,
     )
     # LoRA
-    rank: int = _opt("LoRA rank", default=4)
-    lora_alpha: float | None = _opt("LoRA alpha (default: the rank)", default=None)
-    lora_dropout: float = _opt("LoRA dropout", default=0.0)
-    target_modules: tuple[str, ...] = _opt(
-        "UNet modules that get LoRA", default=("to_k", "to_q", "to_v", "to_out.0")
+    rank: int = option("LoRA rank", section="method", default=4)
+    lora_alpha: float | None = option("LoRA alpha (default: the rank)", section="method", default=None)
+    lora_dropout: float = option("LoRA dropout", section="method", default=0.0)
+    target_modules: tuple[str, ...] = option(
+        "UNet modules that get LoRA", section="method", default=("to_k", "to_q", "to_v", "to_out.0")
     )
-    train_text_encoder: bool = _opt(
-        "also train the text encoder(s) with LoRA on --text-encoder-targets", default=False
+    train_text_encoder: bool = option(
+        "also train the text encoder(s) with LoRA on --text-encoder-targets", section="method", default=False
     )
-    text_encoder_targets: tuple[str, ...] = _opt(
+    text_encoder_targets: tuple[str, ...] = option(
         "text-encoder modules that get LoRA with --train-text-encoder (attention as diffusers does; "
         "add fc1 fc2 for the MLPs too, as kohya's LoRA does; token_embedding adapts the token rows, "
         "the identifier's included, but then the LoRA loads in diffusers only, not in kohya's layout)",
+        section="method",
         default=TEXT_ENCODER_ATTENTION,
     )
-    text_encoder_lr: float | None = _opt("text encoder learning rate (default: --lr)", default=None)
+    text_encoder_lr: float | None = option(
+        "text encoder learning rate (default: --lr)", section="method", default=None
+    )
     # Full fine-tune, textual inversion, pivotal tuning
-    text_encoder_fraction: float = _opt(
-        "stop training the text encoder(s) after this fraction of the steps", default=1.0
+    text_encoder_fraction: float = option(
+        "stop training the text encoder(s) after this fraction of the steps", section="method", default=1.0
     )
-    ema: bool = _opt("keep an exponential moving average of the trained weights and save it", default=False)
-    ema_decay: float = _opt("EMA decay", default=0.999)
-    save_single_file: bool = _opt(
-        "full fine-tune: also save one .safetensors in the original layout", default=False
+    ema: bool = option(
+        "keep an exponential moving average of the trained weights and save it",
+        section="method",
+        default=False,
     )
-    num_vectors: int = _opt("textual inversion: embedding vectors for the new token", default=1)
-    initializer_token: str | None = _opt(
-        "textual inversion: word whose embedding starts the new token (default: the class noun)", default=None
+    ema_decay: float = option("EMA decay", section="method", default=0.999)
+    save_single_file: bool = option(
+        "full fine-tune: also save one .safetensors in the original layout", section="method", default=False
     )
-    ti_lr: float = _opt("learning rate of the token embeddings (ti, pivotal)", default=5e-3)
-    ti_fraction: float = _opt(
+    num_vectors: int = option(
+        "textual inversion: embedding vectors for the new token", section="method", default=1
+    )
+    initializer_token: str | None = option(
+        "textual inversion: word whose embedding starts the new token (default: the class noun)",
+        section="method",
+        default=None,
+    )
+    ti_lr: float = option(
+        "learning rate of the token embeddings (ti, pivotal)", section="method", default=5e-3
+    )
+    ti_fraction: float = option(
         "pivotal: train only the embeddings for this fraction of the steps, then only the LoRA (0: both together)",
+        section="method",
         default=0.0,
     )
     # Optimisation
-    steps: int = _opt("optimizer steps", default=500)
-    lr: float = _opt("learning rate", default=1e-4)
-    lr_schedule: LRSchedule = _opt("learning-rate schedule", default="constant")
-    warmup_steps: int = _opt("learning-rate warm-up steps", default=0)
-    batch_size: int = _opt("instance images per step (as many class images are added)", default=1)
-    grad_accum: int = _opt("gradient accumulation steps", default=1)
-    max_grad_norm: float = _opt("gradient clipping norm (0: off)", default=1.0)
-    weight_decay: float = _opt("AdamW weight decay", default=1e-2)
-    adam_8bit: bool = _opt("8-bit AdamW from bitsandbytes", default=False)
-    snr_gamma: float | None = _opt("min-SNR-gamma loss weighting (e.g. 5.0)", default=None)
-    noise_offset: float = _opt("noise offset (e.g. 0.05)", default=0.0)
-    mixed_precision: Precision = _opt(
-        "mixed precision for the frozen weights and the forward pass", default="no"
+    steps: int = option("optimizer steps", section="optimisation", default=500)
+    lr: float = option("learning rate", section="optimisation", default=1e-4)
+    lr_schedule: LRSchedule = option("learning-rate schedule", section="optimisation", default="constant")
+    warmup_steps: int = option("learning-rate warm-up steps", section="optimisation", default=0)
+    batch_size: int = option(
+        "instance images per step (as many class images are added)", section="optimisation", default=1
     )
-    gradient_checkpointing: bool = _opt("trade compute for memory", default=False)
-    seed: int = _opt("random seed", default=0)
+    grad_accum: int = option("gradient accumulation steps", section="optimisation", default=1)
+    max_grad_norm: float = option("gradient clipping norm (0: off)", section="optimisation", default=1.0)
+    weight_decay: float = option("AdamW weight decay", section="optimisation", default=1e-2)
+    adam_8bit: bool = option("8-bit AdamW from bitsandbytes", section="optimisation", default=False)
+    snr_gamma: float | None = option(
+        "min-SNR-gamma loss weighting (e.g. 5.0)", section="optimisation", default=None
+    )
+    noise_offset: float = option("noise offset (e.g. 0.05)", section="optimisation", default=0.0)
+    mixed_precision: Precision = option(
+        "mixed precision for the frozen weights and the forward pass", section="precision", default="no"
+    )
+    gradient_checkpointing: bool = option("trade compute for memory", section="precision", default=False)
+    seed: int = option("random seed", section="optimisation", default=0)
     # Outputs
-    sample_every: int = _opt("validation samples every N steps (0: only at the end)", default=0)
-    sample_prompts: tuple[str, ...] = _opt("validation prompts", default=DEFAULT_VALIDATION_PROMPTS)
-    sample_seeds: tuple[int, ...] = _opt("validation seeds", default=(0, 1))
-    sample_steps: int = _opt("sampling steps for validation images", default=25)
-    checkpoint_every: int = _opt(
-        "save a resumable checkpoint every N steps (0: only on interrupt)", default=0
+    sample_every: int = option(
+        "validation samples every N steps (0: only at the end)", section="outputs", default=0
     )
-    keep_checkpoints: int | None = _opt("keep only the newest K checkpoints (default: all)", default=None)
-    resume: str | None = _opt("continue a run: its folder, or 'latest' for --output", default=None)
-    force_resume: bool = _opt("resume even if the config or the images changed", default=False)
-    max_nan_steps: int = _opt("stop after this many consecutive non-finite steps", default=5)
-    auto_batch_size: bool = _opt("on out-of-memory, halve the batch and double accumulation", default=False)
-    allow_pickle: bool = _opt(
-        "allow pickle checkpoints (.ckpt/.pt/.bin), loaded with weights_only", default=False
+    sample_prompts: tuple[str, ...] = option(
+        "validation prompts", section="outputs", default=DEFAULT_VALIDATION_PROMPTS
     )
-    device: str = _opt("cpu, cuda, cuda:1 or auto", default="auto")
+    sample_seeds: tuple[int, ...] = option("validation seeds", section="outputs", default=(0, 1))
+    sample_steps: int = option("sampling steps for validation images", section="outputs", default=25)
+    checkpoint_every: int = option(
+        "save a resumable checkpoint every N steps (0: only on interrupt)", section="outputs", default=0
+    )
+    keep_checkpoints: int | None = option(
+        "keep only the newest K checkpoints (default: all)", section="outputs", default=None
+    )
+    resume: str | None = option(
+        "continue a run: its folder, or 'latest' for --output", section="resume", default=None
+    )
+    force_resume: bool = option(
+        "resume even if the config or the images changed", section="resume", default=False
+    )
+    max_nan_steps: int = option(
+        "stop after this many consecutive non-finite steps", section="resume", default=5
+    )
+    auto_batch_size: bool = option(
+        "on out-of-memory, halve the batch and double accumulation", section="precision", default=False
+    )
+    allow_pickle: bool = option(
+        "allow pickle checkpoints (.ckpt/.pt/.bin), loaded with weights_only", section="resume", default=False
+    )
+    device: str = option("cpu, cuda, cuda:1 or auto", section="precision", default="auto")
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -177,7 +246,7 @@ def _positive(name: str, value: float | None, *, what: str = "a positive number"
 
 
 def _validate(c: TrainConfig) -> None:
-    for name in ("model", "images", "output"):
+    for name in REQUIRED:
         if not getattr(c, name):
             raise BoothkitError(f"--{name} is required")
     _positive("rank", c.rank, what="a positive integer (typical: 4-64)")
@@ -238,8 +307,6 @@ def _validate(c: TrainConfig) -> None:
                 hint="pick a rare word for the token, e.g. --token sks --class-noun dog",
             )
     if c.uses_prior:
-        from boothkit.data.captions import names_token
-
         used = [("--class-prompts", p) for p in c.class_prompts] or [("--class-prompt", c.class_prompt)]
         for flag, prompt in used if c.class_dir is None else []:
             if names_token(prompt, c.token):
@@ -271,14 +338,6 @@ def _validate(c: TrainConfig) -> None:
         raise BoothkitError(
             "--save-single-file applies to --method full (a LoRA is exported with `boothkit export`)"
         )
-
-
-def flag_name(field_name: str) -> str:
-    return field_name.replace("_", "-")
-
-
-def field_help(f: dataclasses.Field[Any]) -> str:
-    return str(f.metadata.get("help", ""))
 
 
 def field_types() -> dict[str, Any]:
@@ -356,8 +415,6 @@ def build_config(file_values: dict[str, Any], flag_values: dict[str, Any]) -> Tr
 
 def to_toml(config: TrainConfig) -> str:
     """The resolved config as TOML (None values are left out: they mean 'the default')."""
-    import tomli_w
-
     data = {f.name: getattr(config, f.name) for f in fields(config) if getattr(config, f.name) is not None}
     data = {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
     return tomli_w.dumps(data)

@@ -1,7 +1,7 @@
 """`boothkit demo`: the whole pipeline offline, on the toy world, in a few minutes on a CPU.
 
 It uses the toy base model that ships with boothkit (a small SD-1 pretrained on the toy world's
-captions, see :mod:`boothkit.toyworld.pretrain`) and one test subject, a multi-coloured object the
+captions, see :mod:`boothkit.toyworld.model`) and one test subject, a multi-coloured object the
 base model has never seen: it writes and checks the subject's instance photos, makes class images,
 trains DreamBooth-LoRA with prior preservation, draws the subject in new contexts beside the base
 model's output, and measures the result with the toy world's oracles: subject fidelity, prompt
@@ -14,7 +14,31 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from boothkit.data.images import check_folder
 from boothkit.errors import BoothkitError
+from boothkit.grids import labelled_grid
+from boothkit.io import atomic_save_image
+from boothkit.outputs import summary_text
+from boothkit.pipelines import open_pipeline
+from boothkit.toyworld import SUBJECTS, TEST_SUBJECTS
+from boothkit.toyworld.bench import (
+    CONTEXTS,
+    BenchSettings,
+    class_prompts,
+    context_fidelity,
+    context_scenes,
+    flat_images,
+    images_for,
+    leakage,
+    repeat_scenes,
+    subject_fidelity,
+    subject_prompts,
+    train_config,
+    tuned_pipeline,
+    write_instance_images,
+)
+from boothkit.toyworld.model import RESOLUTION, shipped_model_dir
+from boothkit.train import train
 
 DEMO_SUBJECT = "target_circle"
 
@@ -50,11 +74,7 @@ def run_demo(
     output: str | Path = "runs/demo",
     *,
     subject: str = DEMO_SUBJECT,
-    # On v3 with captioned photos and class images over contexts (the bench's protocol since
-    # 2026-12-05, LoRA lr 2e-3): subject / prompt fidelity / leakage 1.00 / 1.00 / 0.00 with the
-    # bench's text-encoder LoRA (61 s on 2 cores), 0.75 / 1.00 / 0.00 with the UNet's alone; 0.88 /
-    # 1.00 / 0.12 with 50 class images (uncaptioned, 400 steps at lr 1e-3: 0.38 / 1.00 / 0.00).
-    # On v4 (named individuals in pretraining): 0.88 / 1.00 / 0.12 in 62 s.
+    # The scores these defaults give on the shipped model are in BENCHMARKS.md.
     steps: int = 400,
     class_images: int = 100,
     seeds: tuple[int, ...] = (0, 1),
@@ -63,31 +83,6 @@ def run_demo(
     progress: bool = True,
 ) -> Path:
     """Run the demo into a fresh folder at (or beside) ``output``; returns the run folder."""
-    from boothkit.data.images import check_folder
-    from boothkit.generate import load_pipeline
-    from boothkit.grids import labelled_grid
-    from boothkit.io import atomic_save_image
-    from boothkit.outputs import summary_text
-    from boothkit.toyworld import SUBJECTS, TEST_SUBJECTS
-    from boothkit.toyworld.bench import (
-        CONTEXTS,
-        BenchSettings,
-        class_prompts,
-        context_fidelity,
-        context_scenes,
-        flat_images,
-        images_for,
-        leakage,
-        repeat_scenes,
-        subject_fidelity,
-        subject_prompts,
-        train_config,
-        tuned_pipeline,
-        write_instance_images,
-    )
-    from boothkit.toyworld.pretrain import RESOLUTION, shipped_model_dir
-    from boothkit.train import train
-
     if subject not in SUBJECTS:
         raise BoothkitError(
             f"unknown toy-world subject {subject!r}", hint=f"try one of {', '.join(TEST_SUBJECTS)}"
@@ -125,7 +120,7 @@ def run_demo(
     print("[4/5] base model vs personalised model in new contexts")
     scenes = context_scenes(the_subject, settings.contexts)
     k = len(seeds)
-    base = load_pipeline(str(model_dir), [])
+    base = open_pipeline(str(model_dir), [])
     tuned = tuned_pipeline(str(model_dir), "lora", result.output)
     base_sks = images_for(base, subject_prompts(scenes), settings)
     base_class = images_for(base, class_prompts(scenes), settings)

@@ -12,3 +12,9 @@ class BoothkitError(Exception):
         self.message = message
         self.hint = hint
         super().__init__(message if hint is None else f"{message}\n  hint: {hint}")
+
+
+class TrainingInterrupted(BoothkitError):
+    """Ctrl-C or SIGTERM: the step finished, a checkpoint was saved, the run can be resumed."""
+
+    exit_code = 130

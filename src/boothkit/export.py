@@ -27,25 +27,27 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
 
+from boothkit.adapters import load_embeddings
 from boothkit.errors import BoothkitError
-from boothkit.io import atomic_write_dir
-from boothkit.single_file import (
+from boothkit.families.base import FamilyName, load_pipeline_folder
+from boothkit.families.single_file import (
     SDXL_LAYOUT,
-    SingleFileFamily,
     UNetLayout,
-    load_pipeline,
     pipeline_family,
     read_header,
     save_single_file,
     unet_path_from_ldm,
     unet_path_to_ldm,
 )
+from boothkit.files import EMBEDDINGS_FILE, LORA_FILE, MODEL_DIR, SINGLE_FILE
+from boothkit.io import atomic_save_safetensors, atomic_write_dir
+from boothkit.metadata import ss_base_model_version
 
-Family = SingleFileFamily
 LoraLayout = Literal["kohya", "diffusers"]
 
-LORA_FILE = "pytorch_lora_weights.safetensors"
 ADAPTER_METADATA_KEY = "lora_adapter_metadata"  # where diffusers keeps peft's LoraConfig per component
 # Metadata keys that mark boothkit export's own outputs, which exporting again may replace.
 CONVERTED_KEY = "boothkit_converted_to"
@@ -187,7 +189,7 @@ def _most_common(values: Iterable[Any]) -> Any:
     return collections.Counter(values).most_common(1)[0][0]
 
 
-def adapter_metadata(modules: list[LoraModule]) -> str:
+def adapter_config_json(modules: list[LoraModule]) -> str:
     """The `lora_adapter_metadata` JSON diffusers' loader reads: one peft LoraConfig per component,
     the most common rank / alpha as defaults and exact per-module patterns for the rest."""
     flat: dict[str, Any] = {}
@@ -278,7 +280,7 @@ def _lookup_alpha(alphas: Mapping[str, float] | float | None, component: str, pa
     raise BoothkitError(f"no alpha given for LoRA module {component}.{path}")
 
 
-def _kohya_name(module: LoraModule, family: Family, layout: UNetLayout) -> str | None:
+def _kohya_name(module: LoraModule, family: FamilyName, layout: UNetLayout) -> str | None:
     prefix = KOHYA_PREFIXES[family].get(module.component)
     if prefix is None:
         return None
@@ -292,7 +294,7 @@ def _kohya_name(module: LoraModule, family: Family, layout: UNetLayout) -> str |
 
 
 def _modules_to_kohya(
-    modules: list[LoraModule], family: Family, layout: UNetLayout
+    modules: list[LoraModule], family: FamilyName, layout: UNetLayout
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
     out: dict[str, torch.Tensor] = {}
     unmapped = []
@@ -307,7 +309,7 @@ def _modules_to_kohya(
     return out, unmapped
 
 
-def _kohya_module(name: str, family: Family, layout: UNetLayout) -> tuple[str, str] | None:
+def _kohya_module(name: str, family: FamilyName, layout: UNetLayout) -> tuple[str, str] | None:
     """`lora_unet_input_blocks_4_1_..._to_q` -> ("unet", diffusers module path)."""
     for component, prefix in KOHYA_PREFIXES[family].items():
         if not name.startswith(prefix):
@@ -328,7 +330,7 @@ def _kohya_module(name: str, family: Family, layout: UNetLayout) -> tuple[str, s
 
 
 def _modules_from_kohya(
-    state_dict: Mapping[str, torch.Tensor], family: Family, layout: UNetLayout
+    state_dict: Mapping[str, torch.Tensor], family: FamilyName, layout: UNetLayout
 ) -> tuple[list[LoraModule], list[str]]:
     groups: dict[str, dict[str, torch.Tensor]] = {}
     unmapped: list[str] = []
@@ -376,7 +378,7 @@ def _refuse_unmapped(unmapped: list[str], what: str) -> None:
 def to_kohya(
     state_dict: Mapping[str, torch.Tensor],
     *,
-    family: Family,
+    family: FamilyName,
     alphas: Mapping[str, float] | float,
     unet_config: Mapping[str, Any] | None = None,
 ) -> dict[str, torch.Tensor]:
@@ -395,7 +397,7 @@ def to_kohya(
 def from_kohya(
     state_dict: Mapping[str, torch.Tensor],
     *,
-    family: Family,
+    family: FamilyName,
     unet_config: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """kohya LoRA keys -> diffusers/peft keys and per-module alphas (keyed `unet.<module path>`).
@@ -431,7 +433,7 @@ class LoraFile:
     layout: LoraLayout
 
     def modules(
-        self, family: Family, unet_config: Mapping[str, Any] | None = None
+        self, family: FamilyName, unet_config: Mapping[str, Any] | None = None
     ) -> tuple[list[LoraModule], list[str]]:
         """The file's layers with their effective alphas, and the keys that fit no layer."""
         if self.layout == "kohya":
@@ -445,8 +447,6 @@ class LoraFile:
 
 def resolve_lora_file(src: Path) -> Path:
     """A run folder (holding `pytorch_lora_weights.safetensors`) or a `.safetensors` file."""
-    from boothkit.generate import EMBEDDINGS_FILE
-
     src = Path(src)
     if src.is_dir():
         candidate = src / LORA_FILE
@@ -458,15 +458,15 @@ def resolve_lora_file(src: Path) -> Path:
                 "already loads as it is (A1111 and ComfyUI name an embedding after its file: copy it to "
                 "e.g. sks.safetensors in their embeddings folder; diffusers: load_textual_inversion)"
             )
-        if (src / "model" / "model_index.json").is_file():
-            single = src / "model.safetensors"
+        if (src / MODEL_DIR / "model_index.json").is_file():
+            single = src / SINGLE_FILE
             raise BoothkitError(
-                f"{src} is a full fine-tune: there is no LoRA to convert; {src / 'model'} is a diffusers "
+                f"{src} is a full fine-tune: there is no LoRA to convert; {src / MODEL_DIR} is a diffusers "
                 "model (boothkit --model takes it)"
                 + (f" and {single} the single file for A1111 / ComfyUI" if single.is_file() else ""),
                 hint=None
                 if single.is_file()
-                else "for A1111 / ComfyUI train with --save-single-file, which writes model.safetensors",
+                else f"for A1111 / ComfyUI train with --save-single-file, which writes {SINGLE_FILE}",
             )
         found = sorted(p.name for p in src.glob("*.safetensors"))
         if len(found) == 1:
@@ -483,9 +483,6 @@ def resolve_lora_file(src: Path) -> Path:
 
 def load_lora_file(src: Path) -> LoraFile:
     """Read a LoRA in either layout; malformed files and non-LoRA files raise BoothkitError."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     path = resolve_lora_file(src)
     _, metadata = read_header(path)
     try:
@@ -504,7 +501,7 @@ def load_lora_file(src: Path) -> LoraFile:
     return LoraFile(path, tensors, metadata, layout)
 
 
-def guess_lora_family(lora: LoraFile) -> Family | None:
+def guess_lora_family(lora: LoraFile) -> FamilyName | None:
     """The family a LoRA names in its metadata, or that its keys / cross-attention width imply."""
     meta = lora.metadata
     if meta.get("boothkit_family") in ("sd1", "sd2", "sdxl"):
@@ -569,7 +566,7 @@ def check_lora_matches(
     pipe: Any,
     *,
     lora_name: str = "the LoRA",
-    lora_family: Family | None = None,
+    lora_family: FamilyName | None = None,
 ) -> None:
     """Refuse a LoRA whose layers do not exist in, or do not fit the shapes of, the base pipeline.
 
@@ -611,91 +608,8 @@ def check_lora_matches(
 # ----------------------------------------------------------------------------- metadata
 
 
-def lora_metadata(
-    *,
-    base_model: str,
-    family: Family,
-    rank: int,
-    alpha: float,
-    steps: int,
-    resolution: int,
-    method: str = "lora",
-    token: str = "",
-    class_noun: str = "",
-    images_hash: str = "",
-    prediction_type: str = "epsilon",
-    output_name: str = "",
-    learning_rate: float | None = None,
-    **extra: str,
-) -> dict[str, str]:
-    """The `.safetensors` header boothkit writes: its own `boothkit_*` description plus the kohya
-    `ss_*` and SAI `modelspec.*` keys A1111 / ComfyUI / civitai read (version detection, trigger
-    words, resolution, network size)."""
-    from datetime import datetime, timezone
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        boothkit_version = version("boothkit")
-    except PackageNotFoundError:  # pragma: no cover - source tree without install
-        boothkit_version = "0.0.0+unknown"
-    v_pred = prediction_type in ("v_prediction", "v")
-    trigger = " ".join(w for w in (token, class_noun) if w)
-    name = output_name or "_".join(w for w in (token, class_noun) if w) or "boothkit_lora"
-    arch = {
-        "sd1": "stable-diffusion-v1",
-        "sd2": "stable-diffusion-v2-768-v" if v_pred else "stable-diffusion-v2-512",
-        "sdxl": "stable-diffusion-xl-v1-base",
-    }[family]
-    meta: dict[str, Any] = {
-        "boothkit_version": boothkit_version,
-        "boothkit_base_model": base_model,
-        "boothkit_family": family,
-        "boothkit_method": method,
-        "boothkit_token": token,
-        "boothkit_class_noun": class_noun,
-        "boothkit_rank": rank,
-        "boothkit_alpha": alpha,
-        "boothkit_steps": steps,
-        "boothkit_resolution": resolution,
-        "boothkit_images_hash": images_hash,
-        # kohya sd-scripts keys, as A1111's Lora extension and civitai read them.
-        "ss_network_module": "networks.lora",
-        "ss_network_dim": rank,
-        "ss_network_alpha": alpha,
-        "ss_base_model_version": {
-            "sd1": "sd_v1",
-            "sd2": "sd_v2" + ("_v" if v_pred else ""),
-            "sdxl": "sdxl_base_v1-0",
-        }[family],
-        "ss_v2": str(family == "sd2"),
-        "ss_sd_model_name": Path(base_model).name or base_model,
-        "ss_resolution": f"({resolution}, {resolution})",
-        "ss_max_train_steps": steps,
-        "ss_steps": steps,
-        "ss_output_name": name,
-        "ss_training_comment": f"boothkit {boothkit_version} {method}" + (f": {trigger}" if trigger else ""),
-        # SAI model spec, read by ComfyUI and model sites.
-        "modelspec.sai_model_spec": "1.0.0",
-        "modelspec.architecture": f"{arch}/lora",
-        "modelspec.implementation": "https://github.com/Stability-AI/generative-models"
-        if family == "sdxl"
-        else "diffusers",
-        "modelspec.title": name,
-        "modelspec.resolution": f"{resolution}x{resolution}",
-        "modelspec.prediction_type": "v" if v_pred else "epsilon",
-        "modelspec.date": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
-    }
-    if trigger:
-        meta["modelspec.trigger_phrase"] = trigger
-        meta["ss_tag_frequency"] = json.dumps({"boothkit": {trigger: 1}})
-    if learning_rate is not None:
-        meta["ss_learning_rate"] = learning_rate
-    meta.update(extra)
-    return {k: str(v) for k, v in meta.items()}
-
-
 def _output_metadata(
-    source: Mapping[str, str], modules: list[LoraModule], family: Family, target: LoraLayout
+    source: Mapping[str, str], modules: list[LoraModule], family: FamilyName, target: LoraLayout
 ) -> dict[str, str]:
     """Carry the source's description over; rewrite the parts that describe the layout."""
     meta = {k: v for k, v in source.items() if k != ADAPTER_METADATA_KEY}
@@ -706,12 +620,10 @@ def _output_metadata(
         meta.setdefault("ss_network_module", "networks.lora")
         meta.setdefault("ss_network_dim", str(_most_common(m.rank for m in modules)))
         meta.setdefault("ss_network_alpha", str(_most_common(m.alpha for m in modules)))
-    meta.setdefault(
-        "ss_base_model_version", {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}[family]
-    )
+    meta.setdefault("ss_base_model_version", ss_base_model_version(family))
     meta.setdefault("ss_v2", str(family == "sd2"))
     if target == "diffusers":
-        meta[ADAPTER_METADATA_KEY] = adapter_metadata(modules)
+        meta[ADAPTER_METADATA_KEY] = adapter_config_json(modules)
     return meta
 
 
@@ -726,7 +638,7 @@ class ExportReport:
     source: Path
     source_format: LoraLayout
     target_format: LoraLayout
-    family: Family
+    family: FamilyName
     tensors: int
     modules: int
     unmapped: list[str] = field(default_factory=list)
@@ -836,8 +748,6 @@ def _reattach_alphas(alphas: Mapping[str, float], pipe: Any) -> dict[str, float]
 
 
 def _uniform_alphas(path: Path) -> bool:
-    from safetensors.torch import load_file
-
     per_component: dict[str, set[float]] = {}
     for key, value in load_file(str(path)).items():
         if key.endswith(".alpha"):
@@ -914,8 +824,6 @@ def _output_file(output: Path, target: LoraLayout, source: Path, metadata: Mappi
 
 def _write_temp(tensors: Mapping[str, torch.Tensor], final: Path, metadata: Mapping[str, str]) -> Path:
     """Write next to `final` under a hidden temporary `.safetensors` name, flushed to disk."""
-    from safetensors.torch import save_file
-
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=".tmp.safetensors", dir=final.parent)
     os.close(fd)
@@ -935,8 +843,6 @@ def _write_temp(tensors: Mapping[str, torch.Tensor], final: Path, metadata: Mapp
 def _written_by_export(path: Path, key: str) -> bool:
     """Whether ``path`` is an earlier output of this kind of export (its metadata names ``key``), which
     exporting again may replace; anything else that is there belongs to the user."""
-    from safetensors import safe_open
-
     try:
         if path.is_dir():
             return key in json.loads((path / "boothkit.json").read_text(encoding="utf-8"))
@@ -972,8 +878,6 @@ def _refuse_existing(output: Path, key: str, sources: Sequence[Path], inputs: Se
 
 def run_embeddings(lora: Path) -> Path | None:
     """The learned token of the run a LoRA file belongs to (pivotal tuning), if any."""
-    from boothkit.generate import EMBEDDINGS_FILE
-
     path = lora.parent / EMBEDDINGS_FILE
     return path if lora.name == LORA_FILE and path.is_file() else None
 
@@ -992,11 +896,6 @@ def embeddings_note(path: Path) -> str:
 
 
 def _copy_embeddings(source: Path, output: Path, key: str = CONVERTED_KEY) -> Path:
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    from boothkit.io import atomic_save_safetensors
-
     with safe_open(str(source), "pt") as f:
         metadata = dict(f.metadata() or {})
     metadata[key] = "embeddings"
@@ -1021,7 +920,7 @@ def export_lora(
     lora = load_lora_file(Path(src))
     if lora.layout == format:
         raise BoothkitError(f"{lora.path} is already a {format} LoRA", hint="choose the other --format")
-    pipe = load_pipeline(base_model_dir) if base_model_dir is not None else None
+    pipe = load_pipeline_folder(base_model_dir) if base_model_dir is not None else None
     family = pipeline_family(pipe) if pipe is not None else guess_lora_family(lora)
     if family is None:
         raise BoothkitError(
@@ -1069,7 +968,7 @@ def export_lora(
 # ----------------------------------------------------------------------------- merge
 
 
-def _refuse_partial_load(lora: LoraFile, pipe: Any, family: Family) -> None:
+def _refuse_partial_load(lora: LoraFile, pipe: Any, family: FamilyName) -> None:
     """A LoRA diffusers only partly applied would merge into a silently different model."""
     modules, _ = lora.modules(family, dict(pipe.unet.config))
     missing = sorted({m.name for m in modules} - _loaded_modules(pipe))
@@ -1096,15 +995,13 @@ def merge_lora(
     """
     source = load_lora_file(Path(lora))
     _refuse_existing(Path(output), MERGED_KEY, [source.path, Path(base_model_dir)], [Path(base_model_dir)])
-    pipe = load_pipeline(base_model_dir)
+    pipe = load_pipeline_folder(base_model_dir)
     check_lora_matches(
         source.tensors, pipe, lora_name=f"LoRA {source.path}", lora_family=guess_lora_family(source)
     )
     family = pipeline_family(pipe)
     embeddings = run_embeddings(source.path)
     if embeddings is not None and not single_file:
-        from boothkit.generate import load_embeddings
-
         load_embeddings(pipe, embeddings)  # the merged folder's tokenizer and text encoder learn the token
     elif embeddings is not None:
         _refuse_existing(embeddings_path(Path(output)), MERGED_KEY, [embeddings], [Path(base_model_dir)])

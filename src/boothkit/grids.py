@@ -1,9 +1,9 @@
-"""Labelled image grids and a loss-curve plot, drawn with Pillow alone."""
+"""Labelled image grids, drawn with Pillow alone."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -85,56 +85,4 @@ def labelled_grid(
             if zoom > 1:
                 im = im.resize((im.width * zoom, im.height * zoom), Image.Resampling.NEAREST)
             canvas.paste(im, (left + _PAD + j * (cell_w + _PAD), y))
-    return canvas
-
-
-def line_plot(
-    series: Mapping[str, Sequence[tuple[float, float]]],
-    *,
-    title: str = "",
-    size: tuple[int, int] = (640, 360),
-    log_y: bool = False,
-) -> Image.Image:
-    """A plain line chart of (x, y) series with axes, ticks and a legend (e.g. the loss curve)."""
-    colors = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189)]
-    width, height = size
-    margin_l, margin_r, margin_t, margin_b = 60, 16, 28, 36
-    canvas = Image.new("RGB", size, _BG)
-    draw = ImageDraw.Draw(canvas)
-    font = _font(11)
-    points = [(x, y) for s in series.values() for x, y in s if math.isfinite(y) and (y > 0 or not log_y)]
-    if not points:
-        draw.text((margin_l, height // 2), "no data", fill=_FG, font=font)
-        return canvas
-
-    def ty(v: float) -> float:
-        return math.log10(v) if log_y else v
-
-    xs, ys = [p[0] for p in points], [ty(p[1]) for p in points]
-    x0, x1 = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
-    y0, y1 = min(ys), max(ys) if max(ys) > min(ys) else min(ys) + 1
-    pw, ph = width - margin_l - margin_r, height - margin_t - margin_b
-
-    def to_px(x: float, y: float) -> tuple[float, float]:
-        return margin_l + (x - x0) / (x1 - x0) * pw, margin_t + (1 - (ty(y) - y0) / (y1 - y0)) * ph
-
-    draw.rectangle([margin_l, margin_t, margin_l + pw, margin_t + ph], outline=_FG)
-    for k in range(5):
-        fy = y0 + (y1 - y0) * k / 4
-        py = margin_t + (1 - k / 4) * ph
-        label = f"{10**fy:.3g}" if log_y else f"{fy:.3g}"
-        draw.text((4, py - 6), label, fill=_FG, font=font)
-        draw.line([margin_l - 3, py, margin_l, py], fill=_FG)
-        fx = x0 + (x1 - x0) * k / 4
-        px = margin_l + k / 4 * pw
-        draw.text((px - 10, margin_t + ph + 6), f"{fx:.0f}", fill=_FG, font=font)
-    draw.text((margin_l, 6), title, fill=_FG, font=font)
-    for i, (name, s) in enumerate(series.items()):
-        color = colors[i % len(colors)]
-        pts = [to_px(x, y) for x, y in s if math.isfinite(y) and (y > 0 or not log_y)]
-        if len(pts) > 1:
-            draw.line(pts, fill=color, width=2)
-        lx, ly = width - margin_r - 150, margin_t + 4 + 14 * i
-        draw.line([lx, ly + 7, lx + 14, ly + 7], fill=color, width=2)
-        draw.text((lx + 18, ly), name, fill=color, font=font)
     return canvas

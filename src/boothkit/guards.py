@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import shutil
+import signal
+import threading
+from typing import Any
 
 import torch
 
 from boothkit.checkpoint import LoopState
 from boothkit.errors import BoothkitError
-
-if TYPE_CHECKING:
-    from boothkit.train import Run
+from boothkit.run import Run
 
 
 def is_oom(error: BaseException) -> bool:
@@ -55,9 +56,6 @@ class StopFlag:
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopFlag:
-        import signal
-        import threading
-
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self._previous[sig] = signal.signal(sig, self._handle)
@@ -69,16 +67,12 @@ class StopFlag:
         self.signal = signum
 
     def __exit__(self, *exc: object) -> None:
-        import signal
-
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
 
 def estimate_disk(run: Run) -> int:
     """Refuse to start when the disk can't hold what the run will write; returns the estimate."""
-    import shutil
-
     c = run.config
     trainable = sum(p.numel() * 4 for p in run.params)
     per_checkpoint = trainable * 3 + (1 << 16)  # weights + two Adam moments + small files

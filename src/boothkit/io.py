@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import safetensors.torch
+
+from boothkit.errors import BoothkitError
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -45,8 +50,6 @@ def _plain_mode(tmp: Path, base: int) -> None:
 
 def require_empty_folder(path: str | Path, flag: str, hint: str) -> Path:
     """``path`` as a Path, if it is missing or an empty folder; else refuse, having written nothing."""
-    from boothkit.errors import BoothkitError
-
     folder = Path(path)
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         what = "a file" if not folder.is_dir() else "not empty"
@@ -81,8 +84,6 @@ def atomic_write_dir(path: str | Path, write: Callable[[Path], None]) -> Path:
     An existing folder is renamed aside first and removed after, so `path` is always either the old
     folder or the complete new one; a failed `write` leaves the old folder untouched.
     """
-    import shutil
-
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
@@ -119,10 +120,10 @@ def atomic_write_json(path: str | Path, data: Any) -> Path:
 def atomic_save_safetensors(
     tensors: dict[str, Any], path: str | Path, metadata: dict[str, str] | None = None
 ) -> Path:
-    from safetensors.torch import save_file
-
     contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    return atomic_write(path, lambda tmp: save_file(contiguous, str(tmp), metadata=metadata))
+    return atomic_write(
+        path, lambda tmp: safetensors.torch.save_file(contiguous, str(tmp), metadata=metadata)
+    )
 
 
 def atomic_save_image(image: Any, path: str | Path, **save_kwargs: Any) -> Path:

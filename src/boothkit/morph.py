@@ -22,10 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
+from tqdm.auto import tqdm
 
+from boothkit.adapters import Adapter
 from boothkit.errors import BoothkitError
-from boothkit.generate import SCHEDULERS, Adapter, image_size
+from boothkit.io import atomic_write
+from boothkit.pipelines import Sampler, check_scheduler
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -156,8 +160,6 @@ def render_frames(
     Ancestral schedulers add noise while sampling; every frame gets the same such noise (a
     generator seeded with `noise_seed` per image), so it does not flicker from frame to frame.
     """
-    from tqdm.auto import tqdm
-
     if batch_size <= 0:
         raise BoothkitError(f"--batch-size {batch_size} must be positive")
     device = getattr(pipe, "_execution_device", "cpu")
@@ -206,8 +208,6 @@ def check_output(path: str | Path, fps: float) -> Path:
 def write_gif(frames: Sequence[Image.Image], path: str | Path, fps: float) -> Path:
     """An endlessly looping GIF (loop=0), atomically. Pillow merges identical consecutive frames
     into one longer frame, which plays the same."""
-    from boothkit.io import atomic_write
-
     if not frames:
         raise BoothkitError("no frames to write")
     first, rest = frames[0], list(frames[1:])
@@ -227,10 +227,6 @@ def write_gif(frames: Sequence[Image.Image], path: str | Path, fps: float) -> Pa
 
 def write_mp4(frames: Sequence[Image.Image], path: str | Path, fps: float) -> Path:
     """H.264 MP4 through imageio-ffmpeg (yuv420p, which every player reads), atomically."""
-    import numpy as np
-
-    from boothkit.io import atomic_write
-
     try:
         import imageio_ffmpeg
     except ImportError:
@@ -320,8 +316,6 @@ def morph(
     The defaults (5 keyframes, 15 s at 30 fps = 450 frames) make a smooth loop for sharing; for a
     quick look, `fps=4, duration=2` renders 8 frames.
     """
-    from boothkit.studies import Renderer
-
     dest = check_output(output, fps)
     n_frames = frame_count(duration, fps)
     seeds = list(seeds)
@@ -334,14 +328,13 @@ def morph(
         )
     if steps <= 0:
         raise BoothkitError(f"--steps {steps} must be positive")
-    if scheduler is not None and scheduler not in SCHEDULERS:
-        raise BoothkitError(f"--scheduler {scheduler!r} is not known; choose one of {', '.join(SCHEDULERS)}")
-    renderer = Renderer.load(
+    check_scheduler(scheduler)
+    sampler = Sampler.open(
         model, scheduler=scheduler, device=device, allow_pickle=allow_pickle, model_config=model_config
     )
-    renderer.activate(adapters)  # run folders, LoRA files and training checkpoints alike
-    family, pipe = renderer.family, renderer.pipe
-    width, height = image_size(family, width, height)
+    pipe = sampler.use(adapters)  # run folders, LoRA files and training checkpoints alike
+    family = sampler.family
+    width, height = sampler.size(width, height)
     factor = family.vae_scale_factor
     shape = (1, int(family.unet.config.in_channels), height // factor, width // factor)
     latents = frame_latents(keyframe_latents(seeds, shape), n_frames)

@@ -19,23 +19,25 @@ costs no reloading.
 
 from __future__ import annotations
 
-import ast
 import json
 import re
-import string
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import torch
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+from tqdm.auto import tqdm
+
+from boothkit.adapters import Adapter, parse_adapter, run_words
+from boothkit.data.captions import render_prompt
 from boothkit.errors import BoothkitError
-from boothkit.generate import EMBEDDINGS_FILE, Adapter, lora_source, parse_adapter
-
-if TYPE_CHECKING:
-    from PIL import Image
-
-    from boothkit.families import Family
+from boothkit.grids import labelled_grid
+from boothkit.io import atomic_save_image
+from boothkit.pipelines import Sampler, check_scheduler
+from boothkit.prompt_files import load_prompts
 
 KINDS = ("guidance", "seeds", "styles", "prompts", "compare", "token")
 DEFAULT_GUIDANCE = (1.5, 3.0, 7.5, 12.0, 20.0)
@@ -56,8 +58,6 @@ STYLE_TEMPLATE = "{prompt}, {style} style"
 TOKEN_PROMPT = "a photo of {token} {class_noun}"
 # How many seeds a kind uses when neither --seeds nor --num-seeds is given.
 DEFAULT_NUM_SEEDS = {"seeds": 8, "token": 4}
-# The DreamBooth paper used its "live subject" prompts (outfits, accessories) for dogs and cats.
-LIVE_CLASSES = frozenset({"dog", "cat", "dogs", "cats", "puppy", "kitten"})
 
 
 # ----------------------------------------------------------------------------- what a grid is made of
@@ -118,8 +118,6 @@ class Study:
 
     def save(self, path: str | Path) -> Path:
         """Write the grid atomically as PNG with its parameters in text chunks."""
-        from boothkit.io import atomic_save_image
-
         dest = Path(path).expanduser()
         if dest.suffix.lower() != ".png":
             raise BoothkitError(
@@ -130,8 +128,6 @@ class Study:
 
 def png_grid_info(study: Study) -> Any:
     """PNG text chunks: a readable `parameters` summary and boothkit's full JSON under `boothkit`."""
-    from PIL.PngImagePlugin import PngInfo
-
     s = study.settings
     summary = (
         f"boothkit {study.kind} study: {study.title}\n"
@@ -150,29 +146,14 @@ def png_grid_info(study: Study) -> Any:
 
 
 class Renderer:
-    """A loaded base model that renders cells, switching LoRAs in place instead of reloading.
+    """A base model that renders cells, switching adapters in place instead of reloading: each distinct
+    file is loaded once, and a cell activates its own set with its weights (:class:`Sampler`)."""
 
-    Each distinct LoRA file is loaded once as a named adapter; a cell activates its own set with
-    its weights (`set_adapters`), and a cell without adapters runs with LoRA disabled, which is the
-    base model exactly.
-    """
-
-    def __init__(
-        self, family: Family, *, scheduler: str | None = None, model_label: str | None = None
-    ) -> None:
-        from boothkit.generate import load_pipeline
-
-        self.family = family
-        self.pipe = load_pipeline(family, [], scheduler)
-        self.scheduler = scheduler or type(self.pipe.scheduler).__name__
-        self.model_label = model_label or family.source.spec
-        self._names: dict[Path, str] = {}
-        # Learned tokens: each embeddings file's (token, vectors per text encoder); per token, the
-        # file loaded first; per adapter, its embeddings file (a TI or pivotal run).
-        self._vectors: dict[Path, tuple[str, list[Any]]] = {}
-        self._first: dict[str, Path] = {}
-        self._embeddings_of: dict[Path, Path] = {}
-        self._active: tuple[tuple[Path, float], ...] | None = None
+    def __init__(self, sampler: Sampler, *, model_label: str | None = None) -> None:
+        self.sampler = sampler
+        self.family = sampler.family
+        self.pipe = sampler.pipe
+        self.model_label = model_label or sampler.family.source.spec
 
     @classmethod
     def load(
@@ -184,137 +165,36 @@ class Renderer:
         allow_pickle: bool = False,
         model_config: str | None = None,
     ) -> Renderer:
-        from boothkit.families import LoadOptions, load_model
-
-        options = LoadOptions(model_config, device=device, allow_pickle=allow_pickle)
-        return cls(load_model(model, options), scheduler=scheduler)
+        return cls(
+            Sampler.open(
+                model,
+                scheduler=scheduler,
+                device=device,
+                allow_pickle=allow_pickle,
+                model_config=model_config,
+            )
+        )
 
     def size(self, sampling: Sampling) -> tuple[int, int]:
-        from boothkit.generate import image_size
-
-        return image_size(self.family, sampling.width, sampling.height)
+        return self.sampler.size(sampling.width, sampling.height)
 
     def settings(self, sampling: Sampling) -> dict[str, Any]:
         width, height = self.size(sampling)
         return {
             "model": self.model_label,
             "family": self.family.name,
-            "scheduler": self.scheduler,
+            "scheduler": self.sampler.scheduler,
             "steps": sampling.steps,
             "negative": sampling.negative,
             "width": width,
             "height": height,
         }
 
-    def _load_embeddings(self, path: Path) -> None:
-        """Learn a run's token once. Runs that learned the same token (two TI runs of ``<sks>`` with
-        different settings, the usual comparison) share its tokenizer entry, and each cell puts its own
-        run's vectors in it (:meth:`_use_vectors`); a row without any of them uses the vectors of the
-        file loaded first (only prompts that name the token are affected)."""
-        from boothkit.generate import load_embeddings, read_embeddings
-
-        if path in self._vectors:
-            return
-        token, vectors = read_embeddings(path)
-        first = self._first.get(token)
-        if first is None:
-            load_embeddings(self.pipe, path)
-            self._first[token] = path
-        elif [v.shape for v in vectors] != [v.shape for v in self._vectors[first][1]]:
-            raise BoothkitError(
-                f"{path} and {first} both learned {token}, with different numbers of vectors or widths",
-                hint="compare runs of the same family and --num-vectors, or train one with another --token",
-            )
-        self._vectors[path] = (token, vectors)
-
-    def _use_vectors(self, embeddings: Sequence[Path]) -> None:
-        """Put each learned token's vectors for this cell into the text encoder(s)."""
-        import torch
-
-        from boothkit.generate import token_names
-
-        chosen: dict[str, Path] = {}
-        for path in embeddings:
-            token = self._vectors[path][0]
-            if token in chosen and chosen[token] != path:
-                raise BoothkitError(
-                    f"one cell uses {chosen[token]} and {path}, which both learned {token}",
-                    hint="put them in different rows, or train one with another --token",
-                )
-            chosen[token] = path
-        encoders = [e for e in (self.pipe.text_encoder, getattr(self.pipe, "text_encoder_2", None)) if e]
-        tokenizers = [t for t in (self.pipe.tokenizer, getattr(self.pipe, "tokenizer_2", None)) if t]
-        for token, first in self._first.items():
-            vectors = self._vectors[chosen.get(token, first)][1]
-            for encoder, tokenizer, v in zip(encoders, tokenizers, vectors, strict=False):
-                ids = tokenizer.convert_tokens_to_ids(token_names(token, v.shape[0]))
-                weight = encoder.get_input_embeddings().weight
-                with torch.no_grad():
-                    weight[ids] = v.to(device=weight.device, dtype=weight.dtype)
-
-    def _adapter_name(self, adapter: Adapter) -> str | None:
-        if adapter.path in self._names:
-            return self._names[adapter.path]
-        from boothkit.generate import is_embeddings_file
-
-        if is_embeddings_file(adapter.path):  # a textual-inversion run: no LoRA to switch
-            self._load_embeddings(adapter.path)
-            self._embeddings_of[adapter.path] = adapter.path
-            return None
-        if (adapter.path.parent / EMBEDDINGS_FILE).exists():  # pivotal tuning: LoRA + embeddings
-            self._load_embeddings(adapter.path.parent / EMBEDDINGS_FILE)
-            self._embeddings_of[adapter.path] = adapter.path.parent / EMBEDDINGS_FILE
-        name = f"study_{len(self._names)}"
-        source, kwargs = lora_source(adapter)
-        try:
-            with warnings.catch_warnings():
-                # Several adapters side by side is the point here, not a mistake peft should warn about.
-                warnings.filterwarnings("ignore", message=".*multiple adapters.*")
-                self.pipe.load_lora_weights(source, adapter_name=name, **kwargs)
-        except (ValueError, RuntimeError, KeyError) as e:
-            raise BoothkitError(
-                f"could not apply LoRA {adapter.path} to this base model: {str(e).splitlines()[0]}",
-                hint="a LoRA only fits the model family it was trained for (SD 1.x, SD 2.x or SDXL)",
-            ) from None
-        present = {n for names in self.pipe.get_list_adapters().values() for n in names}
-        if name not in present:  # diffusers only warns when no key of the file matched the model
-            raise BoothkitError(
-                f"LoRA {adapter.path} has no layer that matches this {self.family.name} base model",
-                hint="a LoRA only fits the model family it was trained for (SD 1.x, SD 2.x or SDXL)",
-            )
-        self._names[adapter.path] = name
-        return name
-
-    def activate(self, adapters: Sequence[Adapter]) -> None:
-        """Make exactly `adapters` active with their weights (the same file twice adds its weights)."""
-        merged: dict[Path, float] = {}
-        for a in adapters:
-            merged[a.path] = merged.get(a.path, 0.0) + a.weight
-        key = tuple(merged.items())
-        if key == self._active:
-            return
-        if not merged:
-            if self._names:
-                self.pipe.disable_lora()
-        else:
-            named = [(self._adapter_name(Adapter(p, w)), w) for p, w in merged.items()]
-            loras = [(n, w) for n, w in named if n is not None]
-            if loras:
-                self.pipe.enable_lora()
-                self.pipe.set_adapters([n for n, _ in loras], adapter_weights=[w for _, w in loras])
-            elif self._names:
-                self.pipe.disable_lora()
-        if self._first:
-            self._use_vectors([self._embeddings_of[p] for p in merged if p in self._embeddings_of])
-        self._active = key
-
     def render(self, cell: Cell, sampling: Sampling) -> Image.Image:
-        import torch
-
-        self.activate(cell.adapters)
+        pipe = self.sampler.use(cell.adapters)
         width, height = self.size(sampling)
         with torch.no_grad():
-            image = self.pipe(
+            image = pipe(
                 cell.prompt,
                 negative_prompt=sampling.negative or None,
                 num_inference_steps=sampling.steps,
@@ -338,10 +218,6 @@ def render_study(
     progress: bool = False,
 ) -> Study:
     """Render every cell (in row order, each from its own seed) and lay them out with labels."""
-    from tqdm.auto import tqdm
-
-    from boothkit.grids import labelled_grid
-
     if sampling.steps <= 0:
         raise BoothkitError(f"--steps {sampling.steps}: the number of steps must be positive")
     total = sum(len(r) for r in cells)
@@ -527,8 +403,6 @@ def _tidy(text: str) -> str:
 
 def token_prompts(template: str, *, token: str, class_noun: str | None) -> tuple[str, str]:
     """(with token, without token) for a prompt that has `{token}` or the token word itself."""
-    from boothkit.data.captions import render_prompt
-
     if "{token}" in template:
         with_token = render_prompt(template, token=token, class_noun=class_noun)
         without = render_prompt(template.replace("{token}", ""), token=token, class_noun=class_noun)
@@ -575,172 +449,6 @@ def _nonempty(values: Sequence[Any], what: str) -> list[Any]:
     if not values:
         raise BoothkitError(f"{what}: nothing to put in the grid", hint="give at least one value")
     return list(values)
-
-
-# ----------------------------------------------------------------------------- prompt files
-
-
-@dataclass(frozen=True)
-class PromptSet:
-    """One list of prompt templates (with {token} / {class_noun}) from a prompt file."""
-
-    name: str  # "object", "live", ... from the heading above the list; "" for a plain file
-    heading: str
-    templates: tuple[str, ...]
-
-
-_LIST_OPEN = re.compile(r"^[A-Za-z_]\w*\s*=\s*\[\s*$")
-_TOKEN_NAMES = {"unique_token", "token", "identifier", "instance_token"}
-_CLASS_NAMES = {"class_token", "class_noun", "class_name", "class_word", "class"}
-
-
-def _escape_braces(text: str) -> str:
-    return text.replace("{", "{{").replace("}", "}}")
-
-
-def _python_template(line: str, where: str) -> str:
-    """`'a {0} {1} in the jungle'.format(unique_token, class_token),` -> 'a {token} {class_noun} in the jungle'.
-
-    Parsed with `ast`, never evaluated: only a string literal, optionally with `.format(...)` of
-    names that mean the token or the class, is accepted.
-    """
-    expr = line.rstrip().removesuffix(",").rstrip()
-    try:
-        node = ast.parse(expr, mode="eval").body
-    except SyntaxError:
-        raise BoothkitError(f"{where}: {line.strip()!r} is not a quoted prompt") from None
-    if isinstance(node, ast.Constant) and isinstance(node.value, str):
-        return node.value
-    if not (
-        isinstance(node, ast.Call)
-        and isinstance(node.func, ast.Attribute)
-        and node.func.attr == "format"
-        and isinstance(node.func.value, ast.Constant)
-        and isinstance(node.func.value.value, str)
-        and not node.keywords
-        and all(isinstance(a, ast.Name) for a in node.args)
-    ):
-        raise BoothkitError(
-            f"{where}: {line.strip()!r} is not a prompt line",
-            hint="expected 'a {0} {1} ...'.format(unique_token, class_token), or a plain quoted string",
-        )
-    placeholders = []
-    for arg in node.args:
-        name = arg.id  # type: ignore[attr-defined]
-        if name in _TOKEN_NAMES:
-            placeholders.append("{token}")
-        elif name in _CLASS_NAMES:
-            placeholders.append("{class_noun}")
-        else:
-            raise BoothkitError(
-                f"{where}: .format() argument {name!r} is neither the token nor the class",
-                hint="use unique_token and class_token as in the DreamBooth dataset's prompt file",
-            )
-    out, auto = [], 0
-    try:
-        parts = list(string.Formatter().parse(node.func.value.value))
-    except ValueError as e:
-        raise BoothkitError(f"{where}: {line.strip()!r} has an unmatched brace ({e})") from None
-    for literal, fname, spec, conversion in parts:
-        out.append(_escape_braces(literal))
-        if fname is None:
-            continue
-        if fname == "":
-            index, auto = auto, auto + 1
-        elif fname.isdigit():
-            index = int(fname)
-        else:
-            raise BoothkitError(f"{where}: named field {{{fname}}} in a .format() prompt is not supported")
-        if spec or conversion or index >= len(placeholders):
-            raise BoothkitError(f"{where}: field {{{fname}}} has no matching .format() argument")
-        out.append(placeholders[index])
-    return "".join(out)
-
-
-def _set_name(heading: str, index: int) -> str:
-    words = heading.strip().lower().split()
-    return words[0] if words else f"list{index + 1}"
-
-
-def parse_prompt_sets(text: str, source: str = "prompt file") -> list[PromptSet]:
-    """The prompt lists in a prompt file.
-
-    Plain files: one prompt per line, blank lines and `#` comments skipped -> one unnamed set.
-    Python-style files (any line `name = [`), like the DreamBooth dataset's
-    `prompts_and_classes.txt`: each `[ ... ]` block is a set, named by the first word of the last
-    line of text above it ("Object Prompts" -> "object", "Live Subject Prompts" -> "live"); text
-    outside the blocks (headings, the class table) is not a prompt.
-    """
-    lines = text.splitlines()
-    python_style = any(_LIST_OPEN.match(line.strip()) for line in lines)
-    sets: list[PromptSet] = []
-    heading, opened_at, current = "", 0, []
-    for number, raw in enumerate(lines, 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if not python_style:
-            current.append(line)
-        elif not opened_at:
-            if _LIST_OPEN.match(line):
-                opened_at, current = number, []
-            else:
-                heading = line
-        elif line.startswith("]"):
-            sets.append(PromptSet(_set_name(heading, len(sets)), heading, tuple(current)))
-            opened_at = 0
-        else:
-            current.append(_python_template(line, f"{source}, line {number}"))
-    if opened_at:
-        raise BoothkitError(f"{source}: the list opened at line {opened_at} is never closed with ]")
-    if not python_style:
-        sets = [PromptSet("", "", tuple(current))]
-    sets = [s for s in sets if s.templates]
-    if not sets:
-        raise BoothkitError(f"{source} holds no prompts", hint="write one prompt per line")
-    return sets
-
-
-def choose_prompt_set(sets: Sequence[PromptSet], wanted: str | None, class_noun: str | None) -> PromptSet:
-    """`wanted` by name or heading; by default the live-subject list for dogs and cats (as in the
-    DreamBooth paper) when the file has one, else the first list."""
-    if wanted:
-        key = wanted.strip().lower()
-        for s in sets:
-            if key in (s.name, s.heading.lower()) or (s.heading and s.heading.lower().startswith(key)):
-                return s
-        names = ", ".join(s.name for s in sets if s.name) or "none: the file is one plain list"
-        raise BoothkitError(f"--prompt-set {wanted!r} is not in the prompt file", hint=f"its sets: {names}")
-    if class_noun and class_noun.strip().lower() in LIVE_CLASSES:
-        for s in sets:
-            if s.name == "live":
-                return s
-    return sets[0]
-
-
-def load_prompts(
-    path: str | Path, *, token: str = "sks", class_noun: str | None = None, prompt_set: str | None = None
-) -> tuple[PromptSet, list[str]]:
-    """Read a prompt file and render its chosen set with the token and class noun."""
-    from boothkit.data.captions import render_prompt
-
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise BoothkitError(
-            f"--prompts-file {path}: {file} does not exist",
-            hint="one prompt per line; {token} and {class_noun} are filled in",
-        )
-    try:
-        text = file.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as e:
-        raise BoothkitError(f"--prompts-file {path}: could not read it as UTF-8 text ({e})") from None
-    chosen = choose_prompt_set(parse_prompt_sets(text, str(file)), prompt_set, class_noun)
-    if class_noun is None and any("{class_noun}" in t for t in chosen.templates):
-        raise BoothkitError(
-            f"the prompts in {file} name the class ({{class_noun}} / class_token)",
-            hint="pass --class-noun, e.g. --class-noun dog",
-        )
-    return chosen, [render_prompt(t, token=token, class_noun=class_noun) for t in chosen.templates]
 
 
 # ----------------------------------------------------------------------------- adapters, rows, checkpoints
@@ -802,35 +510,12 @@ def resolve_seeds(kind: str, seed: int, seeds: Sequence[int] | None, num_seeds: 
     return list(range(seed, seed + n))
 
 
-def run_words(adapters: Sequence[Adapter]) -> tuple[str | None, str | None]:
-    """(token, class noun) the boothkit runs among ``adapters`` were trained with, each where they all
-    agree (None otherwise, or for files that do not say): what ``{token}`` and ``{class_noun}`` mean
-    in a grid's prompts unless --token / --class-noun say otherwise."""
-    from boothkit.generate import adapter_metadata, trained_token
-
-    tokens, nouns = set(), set()
-    for adapter in adapters:
-        meta = adapter_metadata(adapter.path)
-        if meta:
-            tokens.add(trained_token(meta))
-            nouns.add(meta.get("boothkit_class_noun"))
-    token = next(iter(tokens)) if len(tokens) == 1 else None
-    noun = next(iter(nouns)) if len(nouns) == 1 else None
-    return token, noun
-
-
 def run_study(request: StudyRequest, *, renderer: Renderer | None = None, progress: bool = False) -> Study:
     """Check the request, load the model (unless a renderer is given) and render the study."""
-    from boothkit.data.captions import render_prompt
-    from boothkit.generate import SCHEDULERS
-
     r = request
     if r.kind not in KINDS:
         raise BoothkitError(f"unknown grid kind {r.kind!r}", hint=f"choose one of {', '.join(KINDS)}")
-    if r.scheduler is not None and r.scheduler not in SCHEDULERS:
-        raise BoothkitError(
-            f"--scheduler {r.scheduler!r} is not known; choose one of {', '.join(SCHEDULERS)}"
-        )
+    check_scheduler(r.scheduler)
     if r.sampling.steps <= 0:
         raise BoothkitError(f"--steps {r.sampling.steps}: the number of steps must be positive")
     seeds = resolve_seeds(r.kind, r.seed, r.seeds, r.num_seeds)
@@ -920,7 +605,6 @@ __all__ = [
     "KINDS",
     "STYLE_TEMPLATE",
     "Cell",
-    "PromptSet",
     "Renderer",
     "Row",
     "Sampling",
@@ -928,8 +612,6 @@ __all__ = [
     "StudyRequest",
     "compare_study",
     "guidance_study",
-    "load_prompts",
-    "parse_prompt_sets",
     "parse_row",
     "prompts_study",
     "run_study",

@@ -12,12 +12,23 @@ import json
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, get_args
 
 import torch
+from diffusers import (
+    AutoencoderKL,
+    EulerDiscreteScheduler,
+    PNDMScheduler,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
+from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-TinyFamily = Literal["sd1", "sd2", "sdxl"]
-TINY_FAMILIES: tuple[TinyFamily, ...] = ("sd1", "sd2", "sdxl")
+from boothkit.families.base import FamilyName
+
+TINY_FAMILIES: tuple[FamilyName, ...] = get_args(FamilyName)
 
 _SPLIT_PATTERN = (
     r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
@@ -47,8 +58,6 @@ def train_tokenizer(out_dir: Path, corpus: Iterable[str] = DEFAULT_CORPUS, vocab
     The pre-tokenisation, normalisation and `</w>` word-end marker are CLIP's, so
     `transformers.CLIPTokenizer` loads the files as it would OpenAI's.
     """
-    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
-
     tokenizer = Tokenizer(models.BPE(end_of_word_suffix="</w>", unk_token="<|endoftext|>"))
     tokenizer.normalizer = normalizers.Sequence(
         [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
@@ -77,7 +86,6 @@ def train_tokenizer(out_dir: Path, corpus: Iterable[str] = DEFAULT_CORPUS, vocab
 
 
 def _load_tokenizer(corpus: Iterable[str]):  # -> CLIPTokenizer
-    from transformers import CLIPTokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
         train_tokenizer(Path(tmp), corpus)
@@ -85,8 +93,6 @@ def _load_tokenizer(corpus: Iterable[str]):  # -> CLIPTokenizer
 
 
 def _text_encoder_config(tokenizer, hidden: int = 32, projection: int = 32):
-    from transformers import CLIPTextConfig
-
     return CLIPTextConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden,
@@ -103,8 +109,6 @@ def _text_encoder_config(tokenizer, hidden: int = 32, projection: int = 32):
 
 
 def _vae():
-    from diffusers import AutoencoderKL
-
     # Three blocks: a scale factor of 4 (real SD: 8), so 32 px images give 8x8 latents.
     return AutoencoderKL(
         in_channels=3,
@@ -131,7 +135,7 @@ def _noise_schedule() -> dict[str, object]:
 
 
 def build_tiny_pipeline(
-    family: TinyFamily, out_dir: str | Path, *, seed: int = 0, corpus: Iterable[str] = DEFAULT_CORPUS
+    family: FamilyName, out_dir: str | Path, *, seed: int = 0, corpus: Iterable[str] = DEFAULT_CORPUS
 ) -> Path:
     """Write a tiny diffusers pipeline folder of the given family to `out_dir` and return its path.
 
@@ -139,15 +143,6 @@ def build_tiny_pipeline(
     projections, Euler (as SD 2.1-768 ships); sdxl: two text encoders, pooled embedding and
     size/crop time ids, Euler.
     """
-    from diffusers import (
-        EulerDiscreteScheduler,
-        PNDMScheduler,
-        StableDiffusionPipeline,
-        StableDiffusionXLPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection
-
     out = Path(out_dir)
     corpus = tuple(corpus)
     scheduler: Any

@@ -81,13 +81,12 @@ def test_dreambooth_lora_raises_the_subject_score_above_the_base_model(tmp_path:
     images look like the test subject (oracle score, 0..1) far more than the base model's do.
 
     The prompts are the instance prompt and one plain-background context, the photos' own kind of
-    scene, 4 seeds each: single images score anywhere from 0 to 0.8 on the 2-core VM (2026-12-02), so
-    the test averages 8 (the base model's mean is about 0.01). New contexts are the bench's figure, not
-    this test's (BENCHMARKS.md: on the v2 base, subject fidelity follows how much of each subject the
-    VAE keeps)."""
+    scene, 4 seeds each: single images score anywhere from 0 to 0.8, so the test averages 8 (the base
+    model's mean is about 0.01). New contexts are the bench's figure, not this test's (BENCHMARKS.md:
+    subject fidelity follows how much of each subject the VAE keeps)."""
     import numpy as np
 
-    from boothkit.generate import load_pipeline
+    from boothkit.pipelines import open_pipeline
     from boothkit.toyworld.bench import (
         flat_images,
         images_for,
@@ -95,8 +94,8 @@ def test_dreambooth_lora_raises_the_subject_score_above_the_base_model(tmp_path:
         tuned_pipeline,
         write_instance_images,
     )
+    from boothkit.toyworld.model import shipped_model_dir
     from boothkit.toyworld.oracles import subject_score
-    from boothkit.toyworld.pretrain import shipped_model_dir
     from boothkit.toyworld.scene import subject_prompt
     from boothkit.train import train
 
@@ -107,7 +106,7 @@ def test_dreambooth_lora_raises_the_subject_score_above_the_base_model(tmp_path:
     result = train(config, progress=False, log=lambda _line: None)
     plain = context_scenes(SUBJECT, [("large", "center", "gray")])
     prompts = [subject_prompt(TOKEN, SUBJECT.shape), *subject_prompts(plain)]
-    base = flat_images(images_for(load_pipeline(model, []), prompts, settings))
+    base = flat_images(images_for(open_pipeline(model, []), prompts, settings))
     tuned = flat_images(images_for(tuned_pipeline(model, "lora", result.output), prompts, settings))
     base_score = float(np.mean([subject_score(im, SUBJECT) for im in base]))
     tuned_score = float(np.mean([subject_score(im, SUBJECT) for im in tuned]))
@@ -214,14 +213,15 @@ def test_full_and_lora_train_the_text_encoder_and_overrides_win(tmp_path: Path) 
 
 def test_textual_inversion_runs_are_prompted_with_their_placeholder() -> None:
     # TI and pivotal learn "<sks>"; prompting them with "sks" would leave the learned embedding unused
-    # (the bench did so before 2026-12-05, and TI scored 0.00).
-    from boothkit.methods.textual_inversion import placeholder_tokens
-    from boothkit.toyworld.bench import method_token
+    # (TI then scores 0.00: BENCHMARKS.md).
+    from boothkit.methods import get_method
 
-    assert method_token("ti") == method_token("pivotal") == placeholder_tokens(TOKEN, 1)[0] == "<sks>"
-    assert method_token("lora") == method_token("full") == TOKEN
+    def word(method: str) -> str:
+        return get_method(method).identifier(TOKEN)
+
+    assert word("ti") == word("pivotal") == "<sks>" and word("lora") == word("full") == TOKEN
     scenes = context_scenes(SUBJECT, CONTEXTS[:1])
-    assert subject_prompts(scenes, method_token("ti")) == [
+    assert subject_prompts(scenes, word("ti")) == [
         "a photo of a large <sks> circle in the top left on a grass background"
     ]
 

@@ -11,43 +11,41 @@ import pytest
 import torch
 
 from boothkit.toyworld import Scene, caption, parse_caption, render, vocabulary
-from boothkit.toyworld.pretrain import (
+from boothkit.toyworld.captions import (
     HELD_OUT_BACKGROUNDS,
     HELD_OUT_COLORS,
-    MAX_TOKENS,
-    RARE_TOKENS,
-    PretrainSettings,
-    build_components,
-    caption_ids,
-    caption_token_ids,
-    draw_timesteps,
-    encode_pool,
-    evaluate_pipeline,
-    folder_size,
+    TOKENIZER_IDENTIFIERS,
     held_out_scenes,
     is_held_out,
-    loss_weights,
-    noise_schedule,
-    object_weights,
     partial_caption,
-    pool_workers,
-    pretrain,
-    prompt_fidelity,
-    rare_rows_at_trained_norm,
-    sampling_scheduler,
-    shipped_model_dir,
     tokenizer_corpus,
     training_caption,
     training_scene,
-    weighted_reconstruction_loss,
-    with_fine_attention,
 )
+from boothkit.toyworld.model import (
+    MAX_TOKENS,
+    evaluate_pipeline,
+    folder_size,
+    noise_schedule,
+    prompt_fidelity,
+    sampling_scheduler,
+    shipped_model_dir,
+)
+from boothkit.toyworld.pretrain import (
+    draw_timesteps,
+    encode_pool,
+    floored_min_snr_weights,
+    object_weights,
+    pool_workers,
+    pretrain,
+    weighted_reconstruction_loss,
+)
+from boothkit.toyworld.settings import PretrainSettings
 from conftest import assert_refused
 
-# The shipped model (v3) draws what a held-out caption asks for: measured with 56 captions, shape
-# 0.95, colour, position and background 1.00, all four 0.95 (v2: 0.91); with the test's 14 captions
-# and 15 steps: shape 0.86, the others 1.00 (v2: shape 0.79). An untrained model scores about 1/7, 1/8, 1/9 and 1/10; v1
-# (the SD schedule) followed position words at chance, 0.09 (BENCHMARKS.md).
+# The shipped model draws what a held-out caption asks for (BENCHMARKS.md has its figures); an
+# untrained model scores about 1/7, 1/8, 1/9 and 1/10 on shape, colour, position and background. The
+# floors leave room for the test's 14 captions and 15 steps.
 SHAPE_FLOOR = 0.65
 JOINT_FLOOR = 0.6  # all four right in one image
 COLOR_FLOOR = 0.85
@@ -102,7 +100,7 @@ def test_multicolor_share_paints_objects_in_several_colours_and_never_captions_a
     from boothkit.toyworld import COLORS
     from boothkit.toyworld.pretrain import draw_batch, render_training
 
-    # Share 0 draws exactly what the one-colour world always drew (v1 and v2 reproduce from their logs).
+    # Share 0 draws exactly what the one-colour world always drew (the phases before it reproduce).
     assert draw_batch(random.Random(7), 40) == [
         (s, seed) for s, seed in draw_batch(random.Random(7), 40, multicolor_share=0.0)
     ]
@@ -122,31 +120,18 @@ def test_multicolor_share_paints_objects_in_several_colours_and_never_captions_a
             assert not np.array_equal(np.asarray(a), np.asarray(one)), color
 
 
-def test_tokenizer_keeps_words_and_rare_tokens_whole(tmp_path: Path) -> None:
+def test_tokenizer_keeps_words_and_identifiers_whole(tmp_path: Path) -> None:
     from transformers import CLIPTokenizer
 
     from boothkit.tiny import train_tokenizer
 
     train_tokenizer(tmp_path, tokenizer_corpus(), vocab_size=600)
     tok = CLIPTokenizer.from_pretrained(str(tmp_path), model_max_length=MAX_TOKENS)
-    for word in [*vocabulary(), *RARE_TOKENS]:
+    for word in [*vocabulary(), *TOKENIZER_IDENTIFIERS]:
         assert len(tok.tokenize(word)) == 1, word
 
 
-def test_rare_rows_at_trained_norm_lifts_only_the_unused_rows_and_keeps_their_direction() -> None:
-    gen = torch.Generator().manual_seed(0)
-    weight = torch.randn(10, 8, generator=gen)
-    weight[5:] *= 0.05  # rows no caption uses: still near their initial scale
-    used = [0, 1, 2, 3, 4]
-    out = rare_rows_at_trained_norm(weight, used)
-    assert torch.equal(out[:5], weight[:5])
-    target = weight[:5].norm(dim=1).median()
-    assert torch.allclose(out[5:].norm(dim=1), target.expand(5))
-    assert torch.allclose(torch.nn.functional.cosine_similarity(out[5:], weight[5:]), torch.ones(5))
-    assert torch.allclose(rare_rows_at_trained_norm(out, used), out)  # a second pass changes nothing
-
-
-def test_named_share_names_only_multicolour_objects_with_a_rare_token_before_the_shape() -> None:
+def test_named_share_names_only_multicolour_objects_with_an_identifier_before_the_shape() -> None:
     settings = PretrainSettings(caption_dropout=0.0, attribute_dropout=0.0, named_share=0.5)
     plain = Scene("heart", "red", "large", "top left", "grass")
     painted = dataclasses.replace(plain, color=None)
@@ -156,8 +141,8 @@ def test_named_share_names_only_multicolour_objects_with_a_rare_token_before_the
     unnamed = partial_caption(painted, ("size", "position", "background"))
     named = [t for t in texts if t != unnamed]
     assert 150 <= len(named) <= 250
-    # Every rare token, each right before the shape, where an instance prompt puts its identifier.
-    assert {t.split()[5] for t in named} == set(RARE_TOKENS)
+    # Every identifier, each right before the shape, where an instance prompt puts it.
+    assert {t.split()[5] for t in named} == set(TOKENIZER_IDENTIFIERS)
     for text in named:
         assert text == partial_caption(painted, ("size", "position", "background"), text.split()[5])
         assert text.split()[6] == "heart"
@@ -169,23 +154,18 @@ def test_named_share_names_only_multicolour_objects_with_a_rare_token_before_the
 def test_individuals_each_have_one_name_one_shape_and_one_look() -> None:
     import numpy as np
 
-    from boothkit.toyworld.pretrain import (
-        INDIVIDUALS,
-        NamedScene,
-        draw_batch,
-        individual_paint,
-        render_training,
-    )
+    from boothkit.toyworld.captions import INDIVIDUALS, NamedScene, individual_paint
+    from boothkit.toyworld.pretrain import draw_batch, render_training
     from boothkit.toyworld.render import render_pattern
     from boothkit.toyworld.subjects import SUBJECTS, multicolor_paint
 
-    # Individuals 0 draws exactly what multi-colour pretraining drew (v3 reproduces from its log).
+    # Individuals 0 draws exactly what multi-colour pretraining drew (the phases before it reproduce).
     assert draw_batch(random.Random(7), 60, 0.5) == draw_batch(random.Random(7), 60, 0.5, 0, 0.6)
     drawn = draw_batch(random.Random(7), 600, multicolor_share=0.5, individuals=6, named_share=0.6)
     named = [(s, seed) for s, seed in drawn if isinstance(s, NamedScene)]
     assert 120 <= len(named) <= 240  # 0.5 x 0.6 of 600
     assert {s.name for s, _ in named} == set(list(INDIVIDUALS)[:6])
-    assert not set(INDIVIDUALS) & set(RARE_TOKENS)  # the identifiers stay unused by any caption
+    assert not set(INDIVIDUALS) & set(TOKENIZER_IDENTIFIERS)  # the identifiers stay unused by any caption
     assert not set(INDIVIDUALS) & set(vocabulary())  # a name is never a caption word
     # The shipped v4 learned these: the list must not change under it.
     assert list(INDIVIDUALS)[:4] == ["nuta", "vurure", "dido", "zikomi"] and len(INDIVIDUALS) == 48
@@ -214,56 +194,6 @@ def test_individuals_each_have_one_name_one_shape_and_one_look() -> None:
     painted = [s for s, _ in drawn if s.color is None and not isinstance(s, NamedScene)]
     assert painted
     assert all(training_caption(s, rng, settings).split()[5] == s.shape for s in painted)
-
-
-def test_calibrate_tokens_lifts_sks_and_keeps_every_caption_encoding(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """`toyworld calibrate-tokens` on a model whose unused rows sit at their initial scale (the shipped one's)."""
-    import shutil
-
-    from transformers import CLIPTextModel, CLIPTokenizer
-
-    from boothkit.cli import main
-
-    model = tmp_path / "model"
-    for part in ("tokenizer", "text_encoder"):
-        shutil.copytree(shipped_model_dir() / part, model / part)
-    tok = CLIPTokenizer.from_pretrained(str(model / "tokenizer"))
-    used = caption_token_ids(tok)
-    sks = tok.convert_tokens_to_ids("sks</w>")
-    assert sks not in used and len(used) == len(vocabulary()) + 2  # and the start/end markers
-
-    def load() -> torch.nn.Module:
-        return CLIPTextModel.from_pretrained(str(model / "text_encoder"), torch_dtype=torch.float32).eval()
-
-    text_encoder = load()
-    weight = text_encoder.get_input_embeddings().weight
-    rare = torch.tensor([i not in used for i in range(weight.shape[0])])
-    with torch.no_grad():
-        weight[rare] *= 0.12 / weight[rare].norm(dim=1, keepdim=True)
-    text_encoder.to(torch.float16).save_pretrained(model / "text_encoder", safe_serialization=True)
-
-    rng = random.Random(0)
-    captions = [caption(training_scene(rng)) for _ in range(8)] + ["a photo of a star", ""]
-    ids = caption_ids(tok, captions)
-    sks_ids = caption_ids(tok, ["a photo of a sks star"])
-    with torch.no_grad():
-        before, sks_before = (load()(x).last_hidden_state for x in (ids, sks_ids))
-    assert main(["toyworld", "calibrate-tokens", "--model", str(model)]) == 0
-    after_model = load()
-    with torch.no_grad():
-        after, sks_after = (after_model(x).last_hidden_state for x in (ids, sks_ids))
-    assert torch.equal(before, after)  # no caption's encoding moved
-    assert not torch.allclose(sks_before, sks_after, atol=1e-3)  # "sks" now says something
-    norms = after_model.get_input_embeddings().weight.detach().norm(dim=1)
-    trained = norms[sorted(used)].median()
-    assert abs(float(norms[sks] - trained)) < 0.01 and float(norms[rare].min()) > 0.9 * float(trained)
-    assert "rare token rows: 392 rows" in (model / "pretrain_log.txt").read_text()
-
-    assert main(["toyworld", "calibrate-tokens", "--model", str(tmp_path / "nope")]) == 2
-    err = capsys.readouterr().err
-    assert "--model" in err and "nope" in err and "Traceback" not in err
 
 
 def test_prompt_fidelity_of_clean_renders_is_one() -> None:
@@ -302,19 +232,11 @@ def test_pretrain_smoke_writes_a_loadable_sd1_folder(tmp_path: Path) -> None:
         schedule="zero-snr",
         high_noise_share=0.5,
         keep="last",
-        rare_token_norm=True,
-        fine_attention=True,
     )
     again = pretrain(tmp_path / "more", more, log=lambda _line: None)
-    assert "cross-attention added at the first level" in (again / "pretrain_log.txt").read_text()
-    unet_config = json.loads((again / "unet" / "config.json").read_text())
-    assert unet_config["down_block_types"][0] == "CrossAttnDownBlock2D"
-    assert unet_config["only_cross_attention"] == [True, False, False]
     assert "continuing from" in (again / "pretrain_log.txt").read_text()
     assert "switching to the zero-snr schedule" in (again / "pretrain_log.txt").read_text()
     assert "done: kept step 2 (last)" in (again / "pretrain_log.txt").read_text()
-    assert "rare token rows:" in (again / "pretrain_log.txt").read_text()
-    assert json.loads((again / "boothkit_toyworld.json").read_text())["rare_token_rows"]["rows"] > 0
     saved = json.loads((again / "scheduler" / "scheduler_config.json").read_text())
     assert saved["prediction_type"] == "v_prediction" and saved["rescale_betas_zero_snr"] is True
     assert load_model(str(again)).prediction_type == "v_prediction"  # boothkit train's target follows
@@ -359,18 +281,20 @@ def test_high_noise_share_draws_that_share_from_the_noisiest_quarter() -> None:
     assert torch.all(last == 999)
 
 
-def test_loss_weights_keep_the_zero_snr_step_for_the_v_target() -> None:
+def test_floored_min_snr_weights_keep_the_zero_snr_step_for_the_v_target() -> None:
     from boothkit.losses import min_snr_weights
 
     snr = torch.tensor([0.0, 0.5, 4.0, 100.0])
-    v = loss_weights(snr, 5.0, "v_prediction")
+    v = floored_min_snr_weights(snr, 5.0, "v_prediction")
     assert torch.allclose(v, torch.tensor([1.0, 1.0, 1.0, 5.0 / 101.0]))
-    eps = loss_weights(snr[1:], 5.0, "epsilon")
+    assert float(min_snr_weights(snr, 5.0, "v_prediction")[0]) == 0.0  # boothkit train's drops it
+    eps = floored_min_snr_weights(snr[1:], 5.0, "epsilon")
     assert torch.equal(eps, min_snr_weights(snr[1:], 5.0, "epsilon"))
 
 
 def test_encoded_pool_is_the_encoders_posterior_of_fresh_renders() -> None:
-    from boothkit.toyworld.pretrain import load_vae, render_batch, to_tensor
+    from boothkit.toyworld.model import load_vae, to_tensor
+    from boothkit.toyworld.pretrain import render_batch
 
     vae = load_vae(shipped_model_dir())
     pool = encode_pool(vae, 5, random.Random(3), "cpu", batch_size=2, workers=0)
@@ -402,74 +326,20 @@ def test_pool_workers_default_leaves_the_encoder_a_core() -> None:
     assert pool_workers(3, cores=2) == 3 and pool_workers(-1) == 0
 
 
-@pytest.mark.parametrize("levels, bottom", [(3, 6), (4, 3)])
-def test_unet_levels_set_the_lowest_resolution(tmp_path: Path, levels: int, bottom: int) -> None:
-    components = build_components(PretrainSettings(levels=levels), tmp_path / "tok")
-    unet = components["unet"]
-    assert len(unet.down_blocks) == levels
-    seen: list[int] = []
-    unet.mid_block.register_forward_hook(lambda _m, _i, out: seen.append(out.shape[-1]))
-    with torch.no_grad():
-        out = unet(torch.zeros(1, 4, 24, 24), 10, torch.zeros(1, MAX_TOKENS, 64)).sample
-    assert out.shape == (1, 4, 24, 24) and seen == [bottom]
-    with pytest.raises(ValueError, match="levels 5"):
-        build_components(PretrainSettings(levels=5), tmp_path / "tok5")
-
-
-def test_fine_attention_is_added_as_an_identity_that_then_listens_to_the_caption(tmp_path: Path) -> None:
-    """Continuing a model with --fine-attention adds cross-attention at the first level: the grown
-    UNet computes exactly what the old one did, every old weight kept, and once the new blocks'
-    output projections move the caption reaches the first level through them."""
-    torch.manual_seed(0)
-    unet = build_components(PretrainSettings(), tmp_path / "tok")["unet"].eval()
-    assert unet.config.down_block_types[0] == "DownBlock2D"
-    grown = with_fine_attention(unet).eval()
-    assert grown.config.down_block_types[0] == "CrossAttnDownBlock2D"
-    assert grown.config.up_block_types[-1] == "CrossAttnUpBlock2D"
-    old = unet.state_dict()
-    assert all(torch.equal(v, grown.state_dict()[k]) for k, v in old.items())
-    x, t, text = torch.randn(2, 4, 24, 24), torch.tensor([10, 900]), torch.randn(2, MAX_TOKENS, 64)
-    with torch.no_grad():
-        assert torch.equal(unet(x, t, text).sample, grown(x, t, text).sample)
-        block = grown.down_blocks[0].attentions[0]
-        torch.nn.init.normal_(block.proj_out.weight, std=0.1)
-        seen: list[torch.Tensor] = []
-        block.register_forward_hook(lambda _m, _i, out: seen.append(out[0]))
-        moved = grown(x, t, text).sample
-        grown(x, t, torch.randn(2, MAX_TOKENS, 64))
-    assert not torch.allclose(moved, unet(x, t, text).sample)
-    assert not torch.allclose(seen[0], seen[1])  # the first level's output depends on the caption
-    assert with_fine_attention(grown) is grown
-    built = build_components(PretrainSettings(fine_attention=True), tmp_path / "tok2")["unet"]
-    assert built.config.down_block_types == grown.config.down_block_types
-
-
 def test_pretrain_cli_flags_reach_the_settings() -> None:
     from boothkit.cli import build_parser
-    from boothkit.toyworld.pretrain import settings_from_args
+    from boothkit.flags import given
 
-    args = ["toyworld", "pretrain", "--output", "x", "--fine-attention", "--multicolor-share", "0.25"]
-    settings = settings_from_args(build_parser().parse_args(args))
-    assert settings.fine_attention is True and settings.multicolor_share == 0.25
-    plain = settings_from_args(build_parser().parse_args(["toyworld", "pretrain", "--output", "x"]))
-    assert plain.fine_attention is False and plain == PretrainSettings()
+    def settings(*flags: str) -> PretrainSettings:
+        ns = build_parser().parse_args(["toyworld", "pretrain", "--output", "x", *flags])
+        return PretrainSettings(**given(ns, PretrainSettings))
 
-
-def test_pooled_caption_joins_the_time_embedding(tmp_path: Path) -> None:
-    """With pooled_text the caption reaches every ResNet block through the time embedding: zeroing
-    the pooled path's projection changes the UNet's output; without it there is no such path."""
-    torch.manual_seed(0)
-    unet = build_components(PretrainSettings(pooled_text=True), tmp_path / "tok")["unet"]
-    assert unet.config.addition_embed_type == "text"
-    x, text = torch.randn(1, 4, 24, 24), torch.randn(1, MAX_TOKENS, 64)
-    with torch.no_grad():
-        before = unet(x, 10, text).sample
-        unet.add_embedding.proj.weight.zero_()
-        unet.add_embedding.proj.bias.zero_()
-        after = unet(x, 10, text).sample
-    assert not torch.allclose(before, after)
-    plain = build_components(PretrainSettings(), tmp_path / "tok2")["unet"]
-    assert plain.config.addition_embed_type is None and getattr(plain, "add_embedding", None) is None
+    chosen = settings(
+        "--schedule", "zero-snr", "--keep", "last", "--multicolor-share", "0.25", "--threads", "2"
+    )
+    assert chosen.schedule == "zero-snr" and chosen.keep == "last"
+    assert chosen.multicolor_share == 0.25 and chosen.threads == 2
+    assert settings() == PretrainSettings()
 
 
 def test_object_weights_cover_the_object_and_its_rim() -> None:
@@ -553,9 +423,9 @@ def test_shipped_model_is_small_and_loads_through_boothkit() -> None:
 
 
 def test_shipped_model_prompt_fidelity_on_held_out_captions() -> None:
-    from boothkit.generate import load_pipeline
+    from boothkit.pipelines import open_pipeline
 
-    pipe = load_pipeline(str(shipped_model_dir()), [])
+    pipe = open_pipeline(str(shipped_model_dir()), [])
     fid = evaluate_pipeline(pipe, 14, steps=15)
     assert fid.per_attribute["shape"] >= SHAPE_FLOOR, fid.format()
     assert fid.per_attribute["color"] >= COLOR_FLOOR, fid.format()
@@ -569,11 +439,11 @@ def test_shipped_model_prompt_fidelity_full_eval() -> None:
     """The figure in pretrain_log.txt, reproduced (56 held-out captions, 20 steps)."""
     import json
 
-    from boothkit.generate import load_pipeline
+    from boothkit.pipelines import open_pipeline
 
     meta = json.loads((shipped_model_dir() / "boothkit_toyworld.json").read_text())
     fid = evaluate_pipeline(
-        load_pipeline(str(shipped_model_dir()), []), meta["eval_images"], steps=meta["eval_steps"]
+        open_pipeline(str(shipped_model_dir()), []), meta["eval_images"], steps=meta["eval_steps"]
     )
     assert fid.overall >= meta["held_out_fidelity"] - 0.1, fid.format()
     for name, value in meta["per_attribute"].items():
@@ -641,7 +511,7 @@ def test_curriculum_chains_its_phases_into_one_folder(tmp_path: Path) -> None:
 
     from boothkit.errors import BoothkitError
     from boothkit.families import load_model
-    from boothkit.toyworld.pretrain import CURRICULA, pretrain_curriculum
+    from boothkit.toyworld.curriculum import CURRICULA, pretrain_curriculum
 
     tiny = PretrainSettings(**TINY)
     phases = [
@@ -660,10 +530,11 @@ def test_curriculum_chains_its_phases_into_one_folder(tmp_path: Path) -> None:
     with pytest.raises(BoothkitError, match="unknown settings"):
         pretrain_curriculum(tmp_path / "bad", [("x", {"stepz": 1})], tiny, log=lambda _line: None)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # refused before anything was written
-    # The recorded curricula: valid fields; the last phase of v4 is the shipped model's settings.
-    for name in ("v2", "v3", "v4"):
-        for fields in dict(CURRICULA[name]).values():
-            PretrainSettings(**fields)
+    # The recorded curriculum: valid fields; its last phase is the shipped model's settings.
+    assert list(CURRICULA) == ["v4"]
+    assert [name for name, _ in CURRICULA["v4"]] == ["v1", "A", "C", "D", "E", "F", "G", "I", "J"]
+    for fields in dict(CURRICULA["v4"]).values():
+        PretrainSettings(**fields)
     v4 = dict(CURRICULA["v4"])
     meta = json.loads((shipped_model_dir() / "boothkit_toyworld.json").read_text())
     assert meta["version"] == 4
@@ -671,7 +542,7 @@ def test_curriculum_chains_its_phases_into_one_folder(tmp_path: Path) -> None:
     assert v4["F"]["decoder_multicolor_share"] == meta["decoder_multicolor_refinement"]["multicolor_share"]
 
 
-@pytest.mark.parametrize("curriculum", [["--curriculum", "v2"], []])
+@pytest.mark.parametrize("curriculum", [["--curriculum", "v4"], []])
 def test_pretrain_cli_refuses_a_non_empty_output(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], curriculum: list[str]
 ) -> None:

@@ -119,7 +119,9 @@ def test_multicolor_paints_are_never_a_subjects_look_and_are_seeded() -> None:
 def test_decoder_batches_paint_the_asked_share_in_several_colours() -> None:
     import random
 
-    from boothkit.toyworld.pretrain import RESOLUTION, render_batch_with_masks, training_scene
+    from boothkit.toyworld.captions import training_scene
+    from boothkit.toyworld.model import RESOLUTION
+    from boothkit.toyworld.pretrain import render_batch_with_masks
 
     # Share 0 is the one-colour world, render for render.
     images, masks = render_batch_with_masks(random.Random(3), 4)

@@ -24,7 +24,7 @@ import re
 import stat
 import warnings
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -162,6 +162,19 @@ class CheckReport:
 
     def rejected(self) -> list[FileReport]:
         return [e for e in self.entries if e.status == "rejected"]
+
+    def require_usable(self, where: str, *, skip_invalid: bool, empty_hint: str | None = None) -> list[Path]:
+        """:meth:`usable`, refusing a folder with rejected files (unless ``skip_invalid``) or none usable;
+        ``where`` names the folder in the message (e.g. ``--class-dir DIR``)."""
+        if self.rejected() and not skip_invalid:
+            raise BoothkitError(
+                f"some files in {where} can't be used:\n{self.format()}",
+                hint="fix or remove the rejected files, or pass --skip-invalid to train on the rest",
+            )
+        usable = self.usable()
+        if not usable:
+            raise BoothkitError(f"{where} holds no usable images", hint=empty_hint)
+        return usable
 
     def counts(self) -> dict[Status, int]:
         """How many entries have each status (every status present, zeros included)."""
@@ -776,3 +789,13 @@ def check_folder(
             reports.append(_check_image(entry, policy, seen))
     reports.sort(key=lambda r: _path_order(r.file))
     return CheckReport(root, tuple(reports))
+
+
+def images_hash(paths: Sequence[Path]) -> str:
+    """A short hash of a set of image files (names and bytes, in name order): whether a run's photos
+    or class images changed, for resume and for the files' metadata."""
+    h = hashlib.sha256()
+    for p in sorted(paths):
+        h.update(p.name.encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()[:16]

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import torch
 
+from boothkit.data.buckets import assign_bucket, make_buckets
 from boothkit.data.cache import CachedImage
+from boothkit.data.images import load_image
 from boothkit.families import Family
 
 
@@ -44,8 +46,5 @@ def bucket_sizes(
     images: list[Path], resolution: int, background: tuple[int, int, int]
 ) -> list[tuple[int, int]]:
     """Each photo's aspect-ratio bucket (width, height), from its upright size."""
-    from boothkit.data.buckets import assign_bucket, make_buckets
-    from boothkit.data.images import load_image
-
     buckets = make_buckets(resolution)
     return [assign_bucket(*load_image(p, alpha_background=background).size, buckets) for p in images]

@@ -1,321 +1,48 @@
 """Model families behind one interface, and the loader that finds which family a model is.
 
 `load_model(spec)` takes a hub id, a local diffusers folder or a single-file `.safetensors`,
-detects the family from the files (never from the name), and returns a `Family`.
+detects the family from the files (never from the name), and returns a `Family`
+(`families.sd.SD` for SD 1.x / 2.x, `families.sdxl.SDXL`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-from pathlib import Path
-from typing import Any
-
-import torch
-
-from boothkit.errors import BoothkitError
-from boothkit.families.base import Conditioning, Family, FamilyName, LoadOptions, ModelSource, PredictionType
+from boothkit.families.base import (
+    FAMILY_NAMES,
+    Conditioning,
+    Family,
+    FamilyName,
+    LoadOptions,
+    ModelSource,
+    PredictionType,
+    load_pipeline_folder,
+)
+from boothkit.families.loading import (
+    PICKLE_SUFFIXES,
+    check_safetensors,
+    detect_family,
+    fingerprint,
+    load_model,
+    refuse_pickle,
+    resolve_model,
+    torch_load_weights,
+)
 
 __all__ = [
+    "FAMILY_NAMES",
+    "PICKLE_SUFFIXES",
     "Conditioning",
     "Family",
     "FamilyName",
     "LoadOptions",
     "ModelSource",
     "PredictionType",
+    "check_safetensors",
     "detect_family",
+    "fingerprint",
     "load_model",
+    "load_pipeline_folder",
+    "refuse_pickle",
     "resolve_model",
+    "torch_load_weights",
 ]
-
-SUPPORTED = "Stable Diffusion 1.x (StableDiffusionPipeline), 2.x (StableDiffusionPipeline) and SDXL (StableDiffusionXLPipeline)"
-
-# Configs used for a single-file checkpoint when --model-config is not given (must be in the HF cache offline).
-DEFAULT_SINGLE_FILE_CONFIGS: dict[str, str] = {
-    "sd1": "stable-diffusion-v1-5/stable-diffusion-v1-5",
-    "sd2": "stabilityai/stable-diffusion-2-1",
-    "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
-}
-
-# Only what a diffusers pipeline needs: configs, tokenizer files, safetensors weights (no pickles,
-# no fp16 duplicates, no multi-GB single-file checkpoints at the repo root).
-_HUB_ALLOW = ["model_index.json", "*/*.json", "*/*.txt", "*/*.safetensors"]
-_HUB_IGNORE = ["*.fp16.safetensors", "*non_ema*", "*.ckpt", "*.bin", "*.pt", "*.pth", "*.msgpack", "*.onnx*"]
-
-PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle"}
-
-
-def resolve_model(spec: str) -> Path:
-    """A local path for `spec`: an existing file or folder, or a hub id fetched through the HF cache."""
-    path = Path(spec).expanduser()
-    if (
-        path.is_dir()
-        and not (path / "model_index.json").exists()
-        and (path / "model" / "model_index.json").exists()
-    ):
-        return (path / "model").resolve()  # a boothkit full fine-tune run folder
-    if path.exists():
-        return path.resolve()
-    looks_like_path = spec.startswith((".", "/", "~")) or spec.endswith(".safetensors") or spec.count("/") > 1
-    if looks_like_path or "/" not in spec:
-        raise BoothkitError(
-            f"model {spec!r} does not exist",
-            hint="pass a local diffusers folder, a .safetensors file, or a hub id like stable-diffusion-v1-5/stable-diffusion-v1-5",
-        )
-    return _from_hub(spec)
-
-
-def _from_hub(repo_id: str) -> Path:
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HFValidationError
-
-    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes", "on"}
-    try:
-        return Path(snapshot_download(repo_id, allow_patterns=_HUB_ALLOW, ignore_patterns=_HUB_IGNORE))
-    except HFValidationError:
-        raise BoothkitError(f"model {repo_id!r} is neither an existing path nor a valid hub id") from None
-    except Exception as e:  # LocalEntryNotFoundError, connection errors, 401/404 from the hub
-        from huggingface_hub import constants
-
-        where = constants.HF_HUB_CACHE
-        if offline:
-            raise BoothkitError(
-                f"model {repo_id!r} is not in the local Hugging Face cache ({where}) and HF_HUB_OFFLINE is set",
-                hint=f"download it once with `hf download {repo_id}` on a connected machine, or pass a local folder",
-            ) from None
-        raise BoothkitError(
-            f"could not fetch model {repo_id!r} from the hub ({type(e).__name__}: {str(e).splitlines()[0]})",
-            hint="check the id and your connection, or pass a local diffusers folder or .safetensors file",
-        ) from None
-
-
-def fingerprint(path: Path) -> str:
-    """A stable hash of a model's configs and weight files (names, sizes, first MiB).
-
-    Cheap enough for multi-GB models, and it changes whenever the weights are replaced, which is
-    what the class-image bank needs to never reuse images made by another model.
-    """
-    h = hashlib.sha256()
-    files = (
-        [path]
-        if path.is_file()
-        else sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
-    )
-    for f in files:
-        rel = f.name if path.is_file() else f.relative_to(path).as_posix()
-        if f.suffix not in {".json", ".txt", ".safetensors"}:
-            continue
-        h.update(rel.encode())
-        h.update(str(f.stat().st_size).encode())
-        with f.open("rb") as fh:
-            h.update(fh.read(1 << 20))
-    return h.hexdigest()[:16]
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return dict(json.loads(path.read_text(encoding="utf-8")))
-    except FileNotFoundError:
-        return {}
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise BoothkitError(f"{path} is not valid JSON: {e}") from None
-
-
-def detect_family(folder: Path) -> tuple[FamilyName, PredictionType]:
-    """Family and prediction type of a diffusers folder, from its config files."""
-    index = _read_json(folder / "model_index.json")
-    if not index:
-        found = sorted(p.name for p in folder.iterdir())[:8] if folder.is_dir() else []
-        raise BoothkitError(
-            f"{folder} is not a diffusers model folder (no model_index.json; found: {', '.join(found) or 'nothing'})",
-            hint="pass a diffusers pipeline folder, a hub id, or a single-file .safetensors checkpoint",
-        )
-    pipeline = str(index.get("_class_name", "?"))
-    unet = _read_json(folder / "unet" / "config.json")
-    scheduler = _read_json(folder / "scheduler" / "scheduler_config.json")
-    prediction = scheduler.get("prediction_type", "epsilon")
-    if prediction not in ("epsilon", "v_prediction"):
-        raise BoothkitError(
-            f"{folder}: prediction type {prediction!r} is not supported (epsilon or v_prediction)"
-        )
-    if not unet:
-        raise BoothkitError(f"{folder} is a {pipeline} without a UNet; boothkit supports {SUPPORTED}")
-    if unet.get("in_channels", 4) != 4:
-        raise BoothkitError(
-            f"{folder}: the UNet takes {unet.get('in_channels')} input channels (an inpainting or depth model?); "
-            f"boothkit supports text-to-image {SUPPORTED}"
-        )
-    if pipeline == "StableDiffusionXLPipeline" or (
-        unet.get("addition_embed_type") == "text_time" and "text_encoder_2" in index
-    ):
-        return "sdxl", prediction
-    if pipeline == "StableDiffusionPipeline":
-        sd2 = bool(unet.get("use_linear_projection")) or unet.get("cross_attention_dim") == 1024
-        return ("sd2" if sd2 else "sd1"), prediction
-    raise BoothkitError(f"{folder} holds a {pipeline}; boothkit supports {SUPPORTED}")
-
-
-def load_model(spec: str, options: LoadOptions | None = None) -> Family:
-    """Load a base model of any supported family, frozen, on `options.device` in `options.dtype`."""
-    opts = options or LoadOptions()
-    path = resolve_model(spec)
-    if path.is_file():
-        if path.suffix.lower() in PICKLE_SUFFIXES:
-            family, components, source = _load_pickle_checkpoint(spec, path, opts)
-        elif path.suffix.lower() != ".safetensors":
-            raise BoothkitError(f"{path} is not a model: expected a diffusers folder or a .safetensors file")
-        else:
-            check_safetensors(path)
-            family, components, source = _load_single_file(spec, path, opts)
-        prediction: PredictionType = components["scheduler"].config.get("prediction_type", "epsilon")
-    else:
-        family, prediction = detect_family(path)
-        components = _load_folder(path, family, opts)
-        source = ModelSource(spec=spec, path=path, fingerprint=fingerprint(path))
-    if opts.prediction_type is not None:
-        prediction = opts.prediction_type
-    return _assemble(family, source, components, prediction, opts)
-
-
-def refuse_pickle(path: Path, allow: bool) -> None:
-    if not allow:
-        raise BoothkitError(
-            f"{path} is a pickle file ({path.suffix}), which can run code when loaded; boothkit loads only .safetensors",
-            hint="use the .safetensors version, or pass --allow-pickle to load it with torch.load(weights_only=True)",
-        )
-
-
-def torch_load_weights(path: Path) -> dict[str, torch.Tensor]:
-    """torch.load restricted to tensors and plain containers: a pickle that carries code is refused."""
-    import pickle
-
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, ValueError) as e:
-        raise BoothkitError(
-            f"{path} was refused: it holds something other than plain tensors ({str(e).splitlines()[0][:200]})",
-            hint="only load checkpoints from sources you trust; prefer .safetensors",
-        ) from None
-    if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
-        data = data["state_dict"]
-    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
-        raise BoothkitError(f"{path} does not hold a state dict of tensors")
-    return data
-
-
-def check_safetensors(path: Path) -> None:
-    """A malformed or truncated .safetensors gets a clear error instead of a crash deep in a loader."""
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), "pt") as f:
-            f.keys()
-    except (SafetensorError, OSError, ValueError) as e:
-        raise BoothkitError(
-            f"{path} is not a valid .safetensors file ({e})",
-            hint="the download may be incomplete; fetch the file again",
-        ) from None
-
-
-def _load_pickle_checkpoint(
-    spec: str, path: Path, opts: LoadOptions
-) -> tuple[FamilyName, dict[str, Any], ModelSource]:
-    import tempfile
-
-    from safetensors.torch import save_file
-
-    refuse_pickle(path, opts.allow_pickle)
-    state = torch_load_weights(path)
-    with tempfile.TemporaryDirectory() as tmp:
-        converted = Path(tmp) / (path.stem + ".safetensors")
-        save_file({k: v.contiguous().clone() for k, v in state.items()}, str(converted))
-        family, components, source = _load_single_file(spec, converted, opts)
-    return family, components, ModelSource(spec, path, fingerprint(path), True, source.config_source)
-
-
-def _load_folder(path: Path, family: FamilyName, opts: LoadOptions) -> dict[str, Any]:
-    from diffusers import DiffusionPipeline
-
-    pickled = sorted(p for p in path.glob("*/*") if p.suffix in PICKLE_SUFFIXES)
-    has_safetensors = any(path.glob("*/*.safetensors"))
-    if pickled and not has_safetensors:
-        refuse_pickle(pickled[0], opts.allow_pickle)
-    try:
-        pipe = DiffusionPipeline.from_pretrained(
-            path,
-            torch_dtype=opts.dtype,
-            use_safetensors=None if (pickled and not has_safetensors) else True,
-            local_files_only=True,
-            safety_checker=None,
-        )
-    except (OSError, ValueError) as e:
-        raise BoothkitError(
-            f"could not load the diffusers model in {path}: {str(e).splitlines()[0]}"
-        ) from None
-    return dict(pipe.components)
-
-
-def _load_single_file(
-    spec: str, path: Path, opts: LoadOptions
-) -> tuple[FamilyName, dict[str, Any], ModelSource]:
-    from boothkit.single_file import detect_single_file_family
-
-    family: FamilyName = detect_single_file_family(path)
-    config = opts.model_config or DEFAULT_SINGLE_FILE_CONFIGS[family]
-    if opts.model_config is not None and Path(opts.model_config).expanduser().exists():
-        config = str(Path(opts.model_config).expanduser().resolve())
-    elif "/" in config and not Path(config).exists():
-        try:
-            config = str(_from_hub(config))
-        except BoothkitError as e:
-            raise BoothkitError(
-                f"{path} is a single-file {family} checkpoint, and the configs to build it from "
-                f"({config}) could not be read: {e.message}",
-                hint="pass --model-config with a local diffusers folder of the same family "
-                "(e.g. the base model this checkpoint was made from)",
-            ) from None
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
-    cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
-    try:
-        pipe = cls.from_single_file(str(path), config=config, torch_dtype=opts.dtype, local_files_only=True)
-    except (OSError, ValueError, KeyError, RuntimeError) as e:
-        raise BoothkitError(
-            f"could not load single-file checkpoint {path} as {family} with configs from {config}: {str(e).splitlines()[0]}",
-            hint="pass --model-config with the diffusers folder or hub id of the model this checkpoint was made from",
-        ) from None
-    components = dict(pipe.components)
-    components.pop("safety_checker", None)
-    source = ModelSource(
-        spec=spec, path=path, fingerprint=fingerprint(path), single_file=True, config_source=config
-    )
-    return family, components, source
-
-
-def _assemble(
-    family: FamilyName,
-    source: ModelSource,
-    components: dict[str, Any],
-    prediction: PredictionType,
-    opts: LoadOptions,
-) -> Family:
-    from diffusers import DDPMScheduler
-
-    from boothkit.families.sd import SD
-    from boothkit.families.sdxl import SDXL
-
-    # Training uses the DDPM forward process with the model's own beta schedule and prediction type.
-    noise_scheduler = DDPMScheduler.from_config(components["scheduler"].config, prediction_type=prediction)
-    if components["scheduler"].config.get("prediction_type") != prediction:
-        components["scheduler"] = components["scheduler"].__class__.from_config(
-            components["scheduler"].config, prediction_type=prediction
-        )
-    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
-        module = components.get(name)
-        if isinstance(module, torch.nn.Module):
-            module.requires_grad_(False)
-            module.eval()
-            module.to(opts.device)
-    cls = SDXL if family == "sdxl" else SD
-    return cls(family, source, components, noise_scheduler, prediction)

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import torch
+from diffusers import DiffusionPipeline
+
+from boothkit.errors import BoothkitError
 
 FamilyName = Literal["sd1", "sd2", "sdxl"]
+# How messages name each family.
+FAMILY_NAMES: dict[str, str] = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
 PredictionType = Literal["epsilon", "v_prediction"]
 
 
@@ -132,3 +138,23 @@ class LoadOptions:
     dtype: torch.dtype = torch.float32
     device: str = "cpu"
     allow_pickle: bool = False
+
+
+def load_pipeline_folder(path: str | Path) -> Any:
+    """A diffusers pipeline from a local folder as it is (every component it holds), offline, on
+    the CPU in float32: what export verifies and merges into."""
+    folder = Path(path)
+    if not (folder / "model_index.json").is_file():
+        raise BoothkitError(
+            f"{folder} is not a diffusers pipeline folder (no model_index.json)",
+            hint="pass the folder a boothkit run or `save_pretrained` wrote",
+        )
+    index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+    # A real SD 1.x folder ships a safety checker; none of boothkit's uses of a pipeline need it.
+    extra = {"safety_checker": None} if "safety_checker" in index else {}
+    try:
+        return DiffusionPipeline.from_pretrained(folder, local_files_only=True, **extra)
+    except (OSError, ValueError) as e:
+        raise BoothkitError(
+            f"could not load the diffusers model in {folder}: {str(e).splitlines()[0]}"
+        ) from None

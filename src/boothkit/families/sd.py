@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from diffusers import StableDiffusionPipeline
 
 from boothkit.families.base import (
     Conditioning,
@@ -78,8 +79,6 @@ class SD:
         return latents * self.vae.config.scaling_factor
 
     def pipeline_class(self) -> Any:
-        from diffusers import StableDiffusionPipeline
-
         return StableDiffusionPipeline
 
     def pipeline(self) -> Any:

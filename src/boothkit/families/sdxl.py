@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from diffusers import StableDiffusionXLPipeline
 
 from boothkit.families.base import (
     Conditioning,
@@ -88,8 +89,6 @@ class SDXL:
         return latents * self.vae.config.scaling_factor
 
     def pipeline_class(self) -> Any:
-        from diffusers import StableDiffusionXLPipeline
-
         return StableDiffusionXLPipeline
 
     def pipeline(self) -> Any:

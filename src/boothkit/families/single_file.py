@@ -13,18 +13,19 @@ without reading gigabytes of weights.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 
+from boothkit import __version__
 from boothkit.errors import BoothkitError
-
-SingleFileFamily = Literal["sd1", "sd2", "sdxl"]
+from boothkit.families.base import FamilyName, load_pipeline_folder
+from boothkit.io import atomic_save_safetensors
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
@@ -401,7 +402,7 @@ def openclip_to_ldm(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.T
 # ----------------------------------------------------------------------------- whole pipelines
 
 
-def pipeline_family(pipe: Any) -> SingleFileFamily:
+def pipeline_family(pipe: Any) -> FamilyName:
     """SD1 / SD2 / SDXL of a loaded pipeline, from its components (not its name)."""
     if getattr(pipe, "text_encoder_2", None) is not None:
         return "sdxl"
@@ -409,27 +410,6 @@ def pipeline_family(pipe: Any) -> SingleFileFamily:
     if config.get("use_linear_projection") or config.get("cross_attention_dim") == 1024:
         return "sd2"
     return "sd1"
-
-
-def load_pipeline(path: str | Path) -> Any:
-    """A diffusers pipeline from a local folder, offline, on the CPU in float32."""
-    from diffusers import DiffusionPipeline
-
-    folder = Path(path)
-    if not (folder / "model_index.json").is_file():
-        raise BoothkitError(
-            f"{folder} is not a diffusers pipeline folder (no model_index.json)",
-            hint="pass the folder a boothkit run or `save_pretrained` wrote",
-        )
-    index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
-    # A real SD 1.x folder ships a safety checker; none of boothkit's uses of a pipeline need it.
-    extra = {"safety_checker": None} if "safety_checker" in index else {}
-    try:
-        return DiffusionPipeline.from_pretrained(folder, local_files_only=True, **extra)
-    except (OSError, ValueError) as e:
-        raise BoothkitError(
-            f"could not load the diffusers model in {folder}: {str(e).splitlines()[0]}"
-        ) from None
 
 
 def pipeline_to_ldm(pipe: Any) -> dict[str, torch.Tensor]:
@@ -456,8 +436,6 @@ def pipeline_to_ldm(pipe: Any) -> dict[str, torch.Tensor]:
 
 def default_metadata(pipe: Any) -> dict[str, str]:
     """The model-spec keys A1111 / ComfyUI / civitai read from a checkpoint's header."""
-    from boothkit import __version__
-
     family = pipeline_family(pipe)
     prediction = pipe.scheduler.config.get("prediction_type", "epsilon")
     size = int(pipe.unet.config.sample_size) * (2 ** (len(pipe.vae.config.block_out_channels) - 1))
@@ -486,10 +464,8 @@ def save_single_file(
     `metadata` is merged over boothkit's model-spec defaults. The file appears atomically: a
     crash leaves either the previous file or none, never a truncated checkpoint.
     """
-    from boothkit.io import atomic_save_safetensors
-
     pipe = (
-        load_pipeline(pipeline_dir_or_pipe)
+        load_pipeline_folder(pipeline_dir_or_pipe)
         if isinstance(pipeline_dir_or_pipe, (str, Path))
         else pipeline_dir_or_pipe
     )
@@ -508,8 +484,6 @@ def read_header(path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]
 
     A malformed or truncated file raises BoothkitError naming it instead of a loader crash.
     """
-    from safetensors import SafetensorError, safe_open
-
     path = Path(path)
     if not path.is_file():
         raise BoothkitError(f"{path} does not exist or is not a file")
@@ -532,7 +506,7 @@ def _describe(keys: list[str]) -> str:
     return f"{len(keys)} tensors under {', '.join(prefixes[:6])}{', ...' if len(prefixes) > 6 else ''}"
 
 
-def detect_single_file_family(path: Path) -> SingleFileFamily:
+def detect_single_file_family(path: Path) -> FamilyName:
     """Which family a single-file checkpoint is, from its header (key names and shapes) only.
 
     SDXL carries its second (OpenCLIP) text encoder under `conditioner.embedders.1`; SD2 has an

@@ -10,13 +10,14 @@ from typing import Any
 
 import torch
 
+from boothkit.checkpoint import all_finite
 from boothkit.config import TrainConfig
 from boothkit.errors import BoothkitError
 from boothkit.families import Family
+from boothkit.families.single_file import save_single_file
+from boothkit.files import MODEL_DIR, SINGLE_FILE
 from boothkit.io import atomic_write_dir
-
-MODEL_DIR = "model"
-SINGLE_FILE = "model.safetensors"
+from boothkit.methods.base import fp32_trainable, without_network
 
 
 @torch.no_grad()
@@ -43,13 +44,19 @@ class FullFineTune:
         self._train_te = False
         self.save_single = False
 
+    standalone = True
+
     @property
     def trains_text_encoder(self) -> bool:
         return self._train_te
 
-    def setup(self, model: Family, config: TrainConfig) -> list[dict[str, Any]]:
-        from boothkit.methods import fp32_trainable
+    def identifier(self, token: str) -> str:
+        return token
 
+    def file_metadata(self, common: dict[str, str]) -> dict[str, str]:
+        return without_network(common)
+
+    def setup(self, model: Family, config: TrainConfig) -> list[dict[str, Any]]:
         self.save_single = config.save_single_file
         self.unet_params = list(model.unet.named_parameters())
         groups: list[dict[str, Any]] = [
@@ -89,8 +96,6 @@ class FullFineTune:
                 t.copy_(tensors[f"ema.{name}"])
 
     def save(self, model: Family, out_dir: Path, metadata: dict[str, str]) -> list[Path]:
-        from boothkit.checkpoint import all_finite
-
         unet = model.unet
         raw = None
         if self.ema is not None:  # save the averaged weights, keep the raw ones in memory
@@ -105,8 +110,6 @@ class FullFineTune:
                 )
             written = [self._save_pipeline(model, out_dir)]
             if self.save_single:
-                from boothkit.single_file import save_single_file
-
                 written.append(save_single_file(model.pipeline(), out_dir / SINGLE_FILE, metadata=metadata))
         finally:
             if raw is not None:

@@ -13,13 +13,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict
+from safetensors import safe_open
+from safetensors.torch import load_file
 
+from boothkit.checkpoint import all_finite
 from boothkit.config import TrainConfig
 from boothkit.errors import BoothkitError
 from boothkit.families import Family
+from boothkit.files import LORA_FILE
 from boothkit.io import atomic_save_safetensors
-
-LORA_FILE = "pytorch_lora_weights.safetensors"
+from boothkit.methods.base import fp32_trainable
 
 
 def lora_parameters(module: torch.nn.Module) -> list[torch.nn.Parameter]:
@@ -45,13 +50,19 @@ class LoRA:
         self._te_stop_step: int | None = None
         self._configs: dict[str, Any] = {}
 
+    standalone = False
+
     @property
     def trains_text_encoder(self) -> bool:
         return self._train_te
 
-    def setup(self, model: Family, config: TrainConfig) -> list[dict[str, Any]]:
-        from peft import LoraConfig
+    def identifier(self, token: str) -> str:
+        return token
 
+    def file_metadata(self, common: dict[str, str]) -> dict[str, str]:
+        return common
+
+    def setup(self, model: Family, config: TrainConfig) -> list[dict[str, Any]]:
         alpha = config.lora_alpha if config.lora_alpha is not None else float(config.rank)
         # Seeded here so the adapters' initial weights are part of the run's determinism.
         torch.manual_seed(config.seed)
@@ -97,8 +108,6 @@ class LoRA:
 
     @staticmethod
     def _trainable(module: torch.nn.Module) -> list[torch.nn.Parameter]:
-        from boothkit.methods import fp32_trainable
-
         return fp32_trainable(lora_parameters(module))
 
     def prompt_token(self, token: str) -> str:
@@ -122,8 +131,6 @@ class LoRA:
     def state_dicts(self, model: Family) -> dict[str, dict[str, torch.Tensor]]:
         """LoRA tensors per component with peft's key names (`...to_q.lora_A.weight`), which
         `save_lora_weights` prefixes with the component name and diffusers' loader reads as they are."""
-        from peft.utils import get_peft_model_state_dict
-
         # save_embedding_layers=False: peft would otherwise add the whole token-embedding matrix of
         # an encoder whose vocabulary grew (pivotal tuning's new token), a key without "lora" that
         # diffusers' loader refuses; the new token's vectors are saved apart (learned_embeds).
@@ -134,11 +141,6 @@ class LoRA:
         return out
 
     def save(self, model: Family, out_dir: Path, metadata: dict[str, str]) -> list[Path]:
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
-        from boothkit.checkpoint import all_finite
-
         layers = self.state_dicts(model)
         if not all(all_finite(layer) for layer in layers.values()):
             raise BoothkitError(f"refusing to write {out_dir / LORA_FILE}: some LoRA weights are not finite")

@@ -26,9 +26,17 @@ class Pivotal:
         self.lora = LoRA()
         self.switch_step: int | None = None
 
+    standalone = False
+
     @property
     def trains_text_encoder(self) -> bool:
         return True
+
+    def identifier(self, token: str) -> str:
+        return self.ti.identifier(token)
+
+    def file_metadata(self, common: dict[str, str]) -> dict[str, str]:
+        return common  # the LoRA's description; the embeddings file beside it shares it
 
     def setup(self, model: Family, config: TrainConfig) -> list[dict[str, Any]]:
         groups = self.ti.setup(model, config) + self.lora.setup(model, config)

@@ -17,9 +17,9 @@ import torch
 from boothkit.config import TrainConfig
 from boothkit.errors import BoothkitError
 from boothkit.families import Family
+from boothkit.files import EMBEDDINGS_FILE
 from boothkit.io import atomic_save_safetensors
-
-EMBEDDINGS_FILE = "learned_embeds.safetensors"
+from boothkit.methods.base import fp32_trainable, without_network
 
 
 def placeholder_tokens(token: str, num_vectors: int) -> list[str]:
@@ -37,13 +37,19 @@ class TextualInversion:
         self.originals: list[torch.Tensor] = []  # per text encoder: the embedding matrix before training
         self.family = ""
 
+    standalone = False
+
     @property
     def trains_text_encoder(self) -> bool:
         return True
 
-    def setup(self, model: Family, config: TrainConfig) -> list[dict[str, Any]]:
-        from boothkit.methods import fp32_trainable
+    def identifier(self, token: str) -> str:
+        return placeholder_tokens(token, 1)[0]
 
+    def file_metadata(self, common: dict[str, str]) -> dict[str, str]:
+        return without_network(common, "/textual-inversion")
+
+    def setup(self, model: Family, config: TrainConfig) -> list[dict[str, Any]]:
         self.family = model.name
         self.tokens = placeholder_tokens(config.token, config.num_vectors)
         init_word = config.initializer_token or config.class_noun or ""

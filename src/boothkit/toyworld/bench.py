@@ -32,14 +32,22 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from boothkit.config import TEXT_ENCODER_ATTENTION, TEXT_ENCODER_MLP
+from boothkit.adapters import parse_adapter
+from boothkit.config import METHODS, TEXT_ENCODER_ATTENTION, TEXT_ENCODER_MLP, TrainConfig
+from boothkit.errors import BoothkitError
+from boothkit.families import LoadOptions, load_model
+from boothkit.grids import labelled_grid
 from boothkit.io import require_empty_folder
+from boothkit.methods import get_method
+from boothkit.pipelines import open_pipeline
+from boothkit.prior import class_images
+from boothkit.toyworld.captions import partial_caption
+from boothkit.toyworld.model import RESOLUTION, sample_toy_images, shipped_model_dir
 from boothkit.toyworld.oracles import colour_distribution, colour_drift, is_subject, measure
-from boothkit.toyworld.pretrain import RESOLUTION, generate, partial_caption, shipped_model_dir
 from boothkit.toyworld.scene import BACKGROUNDS, POSITIONS, SIZES, Scene, caption, check_subject_token
 from boothkit.toyworld.subjects import BENCH_SUBJECTS, SUBJECTS, Subject, instance_scenes, render_subject
+from boothkit.train import train
 
-METHODS: tuple[str, ...] = ("lora", "full", "ti", "pivotal")
 TOKEN = "sks"
 
 # New contexts: places and backgrounds the instance photos (plain gray/pink/sky) never show.
@@ -52,16 +60,13 @@ CONTEXTS: tuple[tuple[str, str, str], ...] = (
     ("large", "bottom", "checkered"),
 )
 
-# Training settings per method that suit the toy model (CPU minutes, 48 px), measured on the bench
-# (BENCHMARKS.md). With captioned photos and class images over varied contexts (2026-12-05), LoRA and
-# pivotal train twice as long at twice the rate: LoRA subject fidelity 0.33 (600 steps, lr 1e-3) ->
-# 0.63 (1,200, 2e-3), pivotal 0.83, leakage 0.00 and prompt fidelity 1.00 throughout; lr 4e-3 loses
-# the prompt (0.08 on split_star), rank 64 too (0.25). LoRA also trains a text-encoder LoRA on
-# attention and MLPs, as kohya's LoRA does (3 seeds: 0.58 -> 0.65; attention alone 0.65 vs 0.63 on
-# 2 seeds): the MLPs act on each token alone, the faint `sks` row's own position included.
-# Full: lr 5e-4 / 400 steps (v3, uncaptioned: 0.23 vs 0.04 at 1e-4 / 200), text encoder trained
-# too, as in the DreamBooth paper (with prior 0.23 -> 0.56, prompt fidelity 1.00, leakage 0.04).
-# TI keeps its short default.
+# Training settings per method that suit the toy model (CPU minutes, 48 px), the best measured on
+# the bench (BENCHMARKS.md has the figures). Captioned photos and class images over varied contexts
+# leave LoRA and pivotal tuning more to learn: they train longer at a higher rate (a higher one still
+# loses the prompt, as a higher rank does). LoRA also trains a text-encoder LoRA on attention and
+# MLPs, as kohya's LoRA does: the MLPs act on each token alone, the faint `sks` row's own position
+# included. The full fine-tune trains the text encoder too, as in the DreamBooth paper. TI keeps its
+# short default.
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "lora": {
         "steps": 1200,
@@ -94,10 +99,11 @@ class BenchSettings:
     device: str = "cpu"
     # Captioned instance photos ("a photo of a large sks star in the top left on a sky background")
     # and class images over varied contexts; False trains every photo on "a photo of a sks star" and
-    # makes every class image from "a photo of a star" (the protocol up to 2026-12-05).
+    # makes every class image from "a photo of a star" (the protocol that tools without per-image
+    # captions can be compared on).
     captions: bool = True
-    # The identifier. On the shipped model every rare token's row is a faint, untrained one, and
-    # "ohwx" measures like "sks" (BENCHMARKS.md); with full-scale rows the choice decides a lot.
+    # The identifier. On the shipped model every identifier's row is a faint, untrained one, so which
+    # one matters little (BENCHMARKS.md).
     token: str = TOKEN
     overrides: dict[str, Any] = field(default_factory=dict)
 
@@ -148,14 +154,6 @@ def context_scenes(subject: Subject, contexts: Sequence[tuple[str, str, str]]) -
 def subject_prompts(scenes: Sequence[Scene], token: str = TOKEN) -> list[str]:
     """'a photo of a large sks star in the top left on a grass background' per scene."""
     return [caption(s, subject_token=token) for s in scenes]
-
-
-def method_token(method: str, token: str = TOKEN) -> str:
-    """The word that calls the subject up after training: textual inversion and pivotal tuning learn
-    a new placeholder ("<sks>"), which the prompts must use for the learned embedding to apply."""
-    from boothkit.methods.textual_inversion import placeholder_tokens
-
-    return placeholder_tokens(token, 1)[0] if method in ("ti", "pivotal") else token
 
 
 def class_prompts(scenes: Sequence[Scene]) -> list[str]:
@@ -210,7 +208,7 @@ def _share(flags: Sequence[bool]) -> float:
 def images_for(pipe: Any, prompts: Sequence[str], settings: BenchSettings) -> list[list[Image.Image]]:
     """Per prompt, its images for every seed (the same seeds for every model)."""
     per_seed = [
-        generate(
+        sample_toy_images(
             pipe,
             prompts,
             seed=1000 * seed,
@@ -270,11 +268,9 @@ def train_config(
     prior: bool,
     images: Path,
     output: Path,
-    bank: Path,
-) -> Any:
-    """The TrainConfig of one bench run."""
-    from boothkit.config import TrainConfig
-
+    bank: Path | None,
+) -> TrainConfig:
+    """The TrainConfig of one bench run (class images in ``bank``, or the shared bank when None)."""
     values: dict[str, Any] = dict(
         model=settings.model,
         images=str(images),
@@ -293,7 +289,7 @@ def train_config(
         class_steps=settings.class_steps,
         class_guidance=settings.guidance,
         class_batch_size=16,
-        bank_dir=str(bank),
+        bank_dir=str(bank) if bank else None,
         sample_prompts=("a photo of a {token} {class_noun}",),
         sample_seeds=(0,),
         sample_steps=settings.gen_steps,
@@ -310,11 +306,9 @@ def train_config(
 
 def tuned_pipeline(model: str, method: str, run_dir: Path, device: str = "cpu") -> Any:
     """The base model with a run's result applied (a full fine-tune is a model of its own)."""
-    from boothkit.generate import load_pipeline, parse_adapter
-
-    if method == "full":
-        return load_pipeline(str(run_dir / "model"), [], device=device)
-    return load_pipeline(model, [parse_adapter(str(run_dir))], device=device)
+    if get_method(method).standalone:
+        return open_pipeline(str(run_dir), device=device)
+    return open_pipeline(model, [parse_adapter(str(run_dir))], device=device)
 
 
 def run_bench(
@@ -325,12 +319,6 @@ def run_bench(
     progress: bool = False,
 ) -> list[RunScores]:
     """Run every configured (subject, method, prior) and write the reports into ``output``."""
-    from boothkit.errors import BoothkitError
-    from boothkit.families import LoadOptions, load_model
-    from boothkit.generate import load_pipeline
-    from boothkit.grids import labelled_grid
-    from boothkit.train import class_images, train
-
     try:
         check_subject_token(settings.token)
     except ValueError as e:
@@ -355,7 +343,7 @@ def run_bench(
     )
     out.mkdir(parents=True, exist_ok=True)
     bank = out / "class_bank"
-    base = load_pipeline(model, [], device=settings.device)
+    base = open_pipeline(model, [], device=settings.device)
     results: list[RunScores] = []
     class_seconds: dict[str, float] = {}
     for name in settings.subjects:
@@ -378,14 +366,14 @@ def run_bench(
             if prior and subject.shape not in class_seconds:
                 t0 = time.time()
                 family = load_model(model, LoadOptions(device=settings.device))
-                class_images(config, family, RESOLUTION)
+                class_images(config, family, RESOLUTION, progress=progress)
                 class_seconds[subject.shape] = time.time() - t0
             t0 = time.time()
             result = train(config, progress=progress, log=lambda _line: None)
             train_seconds = time.time() - t0
             tuned = tuned_pipeline(model, method, result.output, settings.device)
             tuned_subject = images_for(
-                tuned, subject_prompts(scenes, method_token(method, settings.token)), settings
+                tuned, subject_prompts(scenes, get_method(method).identifier(settings.token)), settings
             )
             tuned_class = images_for(tuned, c_prompts, settings)
             scores = RunScores(

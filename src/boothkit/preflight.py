@@ -1,0 +1,188 @@
+"""Checks before a run does any work: folders, photos, class images, prompts, token, device.
+
+Everything that can be refused from the configuration and the files alone is refused before the
+model loads, so a bad photo or a prompt without the token fails in seconds and changes nothing on
+disk (:func:`preflight`). What needs the loaded model (its tokenizer, its native resolution) is
+checked right after it loads (:func:`token_warnings`; your own class images: `prior.class_images`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from boothkit.checkpoint import latest_checkpoint, remove_partials
+from boothkit.config import TrainConfig
+from boothkit.data.captions import check_captions_omit_token, check_prompts_name_token
+from boothkit.data.images import check_folder, parse_color
+from boothkit.errors import BoothkitError
+from boothkit.families import Family
+from boothkit.methods import TrainingMethod
+
+# Short nonsense words that CLIP's tokenizer keeps as one rare piece: what to suggest instead of a
+# token that splits or is a common word.
+SUGGESTED_TOKENS = ("sks", "ohwx", "zwx", "qwx", "vvn", "xjy", "mkr", "phol", "txcl", "bnha")
+
+
+@dataclass(frozen=True)
+class Preflight:
+    """What the checks found: the usable photos, and the checkpoint a resume continues from."""
+
+    images: list[Path]
+    resume_from: Path | None
+
+
+def preflight(config: TrainConfig, method: TrainingMethod) -> Preflight:
+    """Every check that needs no model, in the order a person would fix them."""
+    check_folders(config)
+    resume_from = resume_point(config)
+    images = check_instance_images(config)
+    check_prompts_name_token(
+        images,
+        Path(config.images).expanduser(),
+        template=config.instance_prompt,
+        token=method.identifier(config.token),
+    )
+    if config.uses_prior and config.class_dir:
+        check_captions_omit_token(Path(config.class_dir).expanduser(), config.token)
+    return Preflight(images, resume_from)
+
+
+# ----------------------------------------------------------------------------- folders
+
+
+def _within(path: Path, folder: Path) -> bool:
+    """Whether ``path`` is ``folder`` or lies inside it (symlinks resolved)."""
+    path, folder = path.expanduser().resolve(), folder.expanduser().resolve()
+    return path == folder or folder in path.parents
+
+
+def check_folders(config: TrainConfig) -> None:
+    """Refuse folder choices that would write into the user's photos or mix the two kinds of images:
+    what is written under --images or --class-dir would be read as photos by the next run."""
+    inputs = [("--images", Path(config.images))]
+    if config.class_dir:
+        class_dir = Path(config.class_dir)
+        if _within(class_dir, inputs[0][1]) or _within(inputs[0][1], class_dir):
+            raise BoothkitError(
+                f"--class-dir {class_dir} and --images {config.images} overlap: class images must be other "
+                f"{config.class_noun or 'members of the class'}, not your subject's photos",
+                hint="put your class images in a folder of their own, or drop --class-dir to generate them",
+            )
+        inputs.append(("--class-dir", class_dir))
+    written = [("--output", Path(config.output))]
+    if config.bank_dir:
+        written.append(("--bank-dir", Path(config.bank_dir)))
+    for wflag, wpath in written:
+        for iflag, ipath in inputs:
+            if _within(wpath, ipath):
+                raise BoothkitError(
+                    f"{wflag} {wpath} is inside {iflag} {ipath}: boothkit never writes into your image "
+                    "folders, and what it wrote there would be read as images by the next run",
+                    hint=f"choose a {wflag} folder outside {ipath}",
+                )
+
+
+def resume_point(config: TrainConfig) -> Path | None:
+    """The checkpoint to resume from, or None for a fresh run; never silently starts over."""
+    if config.resume is None:
+        return None
+    out = Path(config.output).expanduser()
+    run_dir = out if config.resume == "latest" else Path(config.resume).expanduser()
+    if run_dir.resolve() != out.resolve():
+        raise BoothkitError(
+            f"--resume {run_dir} differs from --output {out}", hint="resume writes into the run it continues"
+        )
+    remove_partials(run_dir)
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is None:
+        raise BoothkitError(
+            f"--resume {run_dir}: no complete checkpoint to resume from; nothing was changed",
+            hint="checkpoints are written every --checkpoint-every steps and on Ctrl-C",
+        )
+    return ckpt
+
+
+# ----------------------------------------------------------------------------- images
+
+
+def check_instance_images(config: TrainConfig) -> list[Path]:
+    """The usable photos in --images; a rejected one stops the run by name unless --skip-invalid."""
+    folder = Path(config.images).expanduser()
+    if not folder.is_dir():
+        raise BoothkitError(
+            f"--images {folder} is not a folder", hint="pass the folder that holds your photos"
+        )
+    report = check_folder(
+        folder, resolution=config.resolution or 512, alpha_background=parse_color(config.alpha_background)
+    )
+    return report.require_usable(
+        f"--images {folder}",
+        skip_invalid=config.skip_invalid,
+        empty_hint="add 3-20 photos of the subject (jpg, png, webp)",
+    )
+
+
+# ----------------------------------------------------------------------------- the model's side
+
+
+def _common(tokenizer: Any, piece: str) -> bool:
+    """A BPE id ranks a token by how early its merge was learned, i.e. how frequent the word is.
+
+    Only meaningful for full-size vocabularies (CLIP's 49408); tiny test tokenizers are skipped.
+    """
+    vocab = len(tokenizer)
+    if vocab < 10_000:
+        return False
+    token_id = tokenizer.convert_tokens_to_ids(piece)
+    return 512 <= token_id < int(0.4 * vocab)  # ids below 512 are single bytes
+
+
+def token_warnings(model: Family, token: str) -> list[str]:
+    """A token that splits into pieces, or is a common word, binds the subject to other meanings."""
+
+    def ok(candidate: str) -> bool:
+        for tokenizer in model.tokenizers:
+            pieces = tokenizer.tokenize(candidate)
+            if len(pieces) != 1 or _common(tokenizer, pieces[0]):
+                return False
+        return True
+
+    if ok(token):
+        return []
+    suggestions = [c for c in SUGGESTED_TOKENS if c != token and ok(c)][:3]
+    hint = (
+        f"rarer single-piece tokens: {', '.join(suggestions)}" if suggestions else "try a short nonsense word"
+    )
+    for tokenizer in model.tokenizers:
+        pieces = tokenizer.tokenize(token)
+        if len(pieces) != 1:
+            return [
+                f"token {token!r} is split by the tokenizer into {len(pieces)} pieces {pieces}, which binds "
+                f"the subject to several tokens' meanings; {hint}"
+            ]
+    return [f"token {token!r} is a common word, so the subject will mix with its meaning; {hint}"]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BoothkitError(f"--device {name}: no CUDA device is available", hint="use --device cpu")
+    return device
+
+
+__all__ = [
+    "SUGGESTED_TOKENS",
+    "Preflight",
+    "check_folders",
+    "check_instance_images",
+    "preflight",
+    "resolve_device",
+    "resume_point",
+    "token_warnings",
+]
