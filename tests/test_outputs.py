@@ -76,5 +76,14 @@ def test_summary_paths_are_absolute_and_quiet_hides_every_bar(
     assert code == 0 and "class images" in err and "training" in err
 
 
+def test_generate_shows_its_progress_unless_quiet(tiny_model, tmp_path, capsys) -> None:
+    base = ["generate", "--model", str(tiny_model("sd1")), "--prompt", "a photo of a dog", "--steps", "2"]
+    capsys.readouterr()
+    code, _, err = run_cli(capsys, *base, "--output", str(tmp_path / "a"))
+    assert code == 0 and "generating" in err
+    code, _, err = run_cli(capsys, *base, "--output", str(tmp_path / "b"), "--quiet")
+    assert code == 0 and "generating" not in err
+
+
 def test_fast_settings_still_fit_the_schema() -> None:
     TrainConfig(model="m", images="i", output="o", class_noun="dog", **fast_settings())  # type: ignore[arg-type]

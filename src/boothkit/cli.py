@@ -96,6 +96,7 @@ def _generate(ns: argparse.Namespace) -> int:
         device=ns.device,
         allow_pickle=ns.allow_pickle,
         model_config=ns.model_config,
+        progress=not ns.quiet,
     )
     for p in paths:
         print(p)

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 from PIL.PngImagePlugin import PngInfo
+from tqdm.auto import tqdm
 
 from boothkit.adapters import Adapter
 from boothkit.errors import BoothkitError
@@ -60,8 +61,10 @@ def generate(
     device: str = "cpu",
     allow_pickle: bool = False,
     model_config: str | None = None,
+    progress: bool = False,
 ) -> list[Path]:
-    """Generate `num_images` images (image k from seed + k) and save them with their parameters."""
+    """Generate `num_images` images (image k from seed + k) and save them with their parameters;
+    with ``progress``, a bar over every image's denoising steps."""
     if num_images <= 0 or steps <= 0:
         raise BoothkitError("--num-images and --steps must be positive")
     adapters = adapters or []
@@ -73,6 +76,12 @@ def generate(
     out = Path(output).expanduser()
     first = next_image_number(out)
     paths = []
+    bar = tqdm(total=num_images * steps, desc="generating", unit="step", disable=not progress)
+
+    def advance(pipe: Any, step: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        bar.update(1)
+        return tensors
+
     for k in range(num_images):
         image = pipe(
             prompt,
@@ -82,6 +91,7 @@ def generate(
             width=width,
             height=height,
             generator=torch.Generator("cpu").manual_seed(seed + k),
+            callback_on_step_end=advance,
         ).images[0]
         params = {
             "prompt": prompt,
@@ -97,6 +107,7 @@ def generate(
         }
         path = out / f"{first + k:05d}-seed{seed + k}.png"
         paths.append(atomic_save_image(image, path, pnginfo=png_parameters(params)))
+    bar.close()
     return paths
 
 
