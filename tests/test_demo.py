@@ -40,3 +40,24 @@ def test_demo_refuses_zero_steps_before_writing(tmp_path, capsys) -> None:
     assert main(["demo", "--steps", "0", "--output", str(tmp_path / "d")]) == 2
     assert "--steps must be a positive integer" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
+
+
+def test_a_second_demo_reuses_the_class_images_in_the_shared_bank(tmp_path: Path, monkeypatch) -> None:
+    """The demo keeps its class images in the bank `boothkit train` uses, so running it again makes
+    none (it made them afresh in its own folder every time)."""
+    import boothkit.prior as prior
+
+    made: list[int] = []
+    original = prior.ensure_class_images
+
+    def counting(pipeline, key, count, **kw):
+        bank = prior.bank_dir(key, kw.get("root"))
+        made.append(count - len(prior.existing_images(bank, count)))
+        return original(pipeline, key, count, **kw)
+
+    monkeypatch.setattr(prior, "ensure_class_images", counting)
+    fast = {"steps": 2, "class_images": 2, "seeds": (0,), "gen_steps": 2, "progress": False}
+    first = run_demo(tmp_path / "demo", **fast)
+    second = run_demo(tmp_path / "demo", **fast)
+    assert first != second and made == [2, 0]
+    assert not (first.parent / "class_bank").exists() and not (second.parent / "class_bank").exists()

@@ -82,7 +82,8 @@ def run_demo(
     model: str | Path | None = None,
     progress: bool = True,
 ) -> Path:
-    """Run the demo into a fresh folder at (or beside) ``output``; returns the run folder."""
+    """Run the demo into a fresh folder at (or beside) ``output``; returns the run folder. Its class
+    images come from the shared bank, as `boothkit train`'s do, so a second demo reuses them."""
     if subject not in SUBJECTS:
         raise BoothkitError(
             f"unknown toy-world subject {subject!r}", hint=f"try one of {', '.join(TEST_SUBJECTS)}"
@@ -112,7 +113,7 @@ def run_demo(
         class_steps=gen_steps,
         gen_steps=gen_steps,
     )
-    config = train_config(settings, the_subject, "lora", True, photos, out / "run", out / "class_bank")
+    config = train_config(settings, the_subject, "lora", True, photos, out / "run", bank=None)
     print(f"[2/5] {class_images} class images of '{the_subject.shape}' from the base model {model_dir.name}/")
     print(f"[3/5] DreamBooth-LoRA with prior preservation, {steps} steps")
     result = train(config, progress=progress)
