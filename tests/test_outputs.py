@@ -24,8 +24,9 @@ def test_running_mean_and_the_final_loss_average_the_last_steps(tmp_path: Path) 
     logger.scalars(101, skipped=1.0)  # a skipped step logs no loss
     logger.close()
     loss, window = logger.final_loss()
-    assert window == smoothing_window(100) == 5
-    assert loss == pytest.approx(sum(range(96, 101)) / 5)  # not the last step's 100
+    assert window == smoothing_window(100) == 10
+    assert loss == pytest.approx(sum(range(91, 101)) / 10)  # not the last step's 100
+    assert smoothing_window(3) == 3 and smoothing_window(1000) == 50 and smoothing_window(0) == 1
 
 
 def test_the_loss_curve_is_a_picture_of_the_logged_steps(tmp_path: Path) -> None:

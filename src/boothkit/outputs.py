@@ -70,8 +70,9 @@ def save_samples(
 
 
 def smoothing_window(n: int) -> int:
-    """How many steps a running mean of an n-step loss curve averages: a twentieth of the run."""
-    return max(1, n // 20)
+    """How many steps a running mean of an n-step loss curve averages: a twentieth of the run, at
+    least 10 steps (all of a shorter run)."""
+    return max(1, min(n, max(10, n // 20)))
 
 
 def running_mean(values: Sequence[float], k: int) -> list[float]:
