@@ -34,6 +34,7 @@ from boothkit.families import (
     torch_load_weights,
 )
 from boothkit.files import CHECKPOINT_MANIFEST, CHECKPOINT_WEIGHTS, EMBEDDINGS_FILE, LORA_FILE
+from boothkit.flags import Number
 from boothkit.metadata import read_metadata, trained_family, trained_token
 
 # Why a LoRA does not fit a base model, as both refusals say.
@@ -55,11 +56,15 @@ def split_weight(spec: str, flag: str = "--lora") -> tuple[str, float]:
     if not sep or not head or Path(spec).exists():
         return spec, 1.0
     try:
-        return head, float(tail)
+        weight = float(tail)
     except ValueError:
         raise BoothkitError(
             f"{flag} {spec!r}: weight {tail!r} is not a number", hint="write it as PATH:0.8"
         ) from None
+    problem = Number(example=0.8).problem(weight)  # any finite weight: a negative one subtracts the LoRA
+    if problem is not None:
+        raise BoothkitError(f"{flag} {spec!r}: weight {problem}", hint="write it as PATH:0.8")
+    return head, weight
 
 
 def parse_adapter(spec: str, *, allow_pickle: bool = False) -> Adapter:

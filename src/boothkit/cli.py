@@ -21,7 +21,7 @@ from boothkit.config import METHODS, REQUIRED, SECTIONS, TrainConfig, build_conf
 from boothkit.data.images import check_folder, parse_color
 from boothkit.errors import BoothkitError
 from boothkit.files import CONFIG_FILE, LORA_FILE
-from boothkit.flags import add_flags, given
+from boothkit.flags import Number, add_flags, given
 from boothkit.toyworld.settings import SECTIONS as PRETRAIN_SECTIONS
 from boothkit.toyworld.settings import PretrainSettings
 
@@ -294,6 +294,12 @@ def _morph(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _number_flag(q: argparse.ArgumentParser, flag: str, default: float, help: str, **bounds: Any) -> None:
+    """A number flag, parsed and checked (finite, within ``bounds``) by the shared :class:`Number`;
+    its default is the valid value its messages suggest."""
+    q.add_argument(flag, type=Number(example=default, **bounds), default=default, help=help)
+
+
 def _sampling_flags(
     q: argparse.ArgumentParser,
     *,
@@ -320,7 +326,7 @@ def _sampling_flags(
     q.add_argument("--negative", default="", help="negative prompt")
     q.add_argument("--seed", type=int, default=0, help=seed)
     q.add_argument("--steps", type=int, default=30, help="denoising steps (default 30)")
-    q.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default 7.5)")
+    _number_flag(q, "--guidance", 7.5, "classifier-free guidance scale (default 7.5)", at_least=0)
     q.add_argument(
         "--width", type=int, default=None, help="image width in pixels (default: the model's size)"
     )
@@ -407,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     required.add_argument("--output", required=True, help="output .safetensors file or folder")
     e.add_argument("--model", default=None, help="base model to verify against (default: the run's)")
-    e.add_argument("--scale", type=float, default=1.0, help="LoRA scale for --format merged (default 1.0)")
+    _number_flag(e, "--scale", 1.0, "LoRA scale for --format merged (default 1.0)")
     e.add_argument(
         "--single-file", action="store_true", help="--format merged: one .safetensors for A1111/ComfyUI"
     )
@@ -446,23 +452,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="train only the VAE decoder of a toy model folder (encoder frozen), in place",
     )
     tr.add_argument("--model", required=True, help="toy model folder (written by toyworld pretrain)")
-    tr.add_argument("--steps", type=int, default=1000, help="decoder steps (default 1000)")
-    tr.add_argument("--lr", type=float, default=5e-4, help="learning rate (default 5e-4)")
-    tr.add_argument(
+    _number_flag(tr, "--steps", 1000, "decoder steps (default 1000)", above=0, integer=True)
+    _number_flag(tr, "--lr", 5e-4, "learning rate (default 5e-4)", above=0)
+    _number_flag(
+        tr,
         "--object-weight",
-        dest="object_weight",
-        type=float,
-        default=10.0,
-        help="extra loss weight of the object's pixels and their rim (default 10: they weigh 11)",
+        10.0,
+        "extra loss weight of the object's pixels and their rim (default 10: they weigh 11)",
+        at_least=0,
     )
-    tr.add_argument(
+    _number_flag(  # its range is check_share's, with a share's own message
+        tr,
         "--multicolor-share",
-        dest="multicolor_share",
-        type=float,
-        default=0.0,
-        help="share of training objects painted in several colours (never a subject's look)",
+        0.0,
+        "share of training objects painted in several colours (never a subject's look)",
     )
-    tr.add_argument("--every", type=int, default=100, help="evaluate (and keep the best) every N steps")
+    _number_flag(tr, "--every", 100, "evaluate (and keep the best) every N steps", above=0, integer=True)
     tr.set_defaults(func=_toyworld_refine)
     tb = tw_sub.add_parser("bench", parents=[common], help="DreamBooth methods measured on the toy world")
     tb.add_argument("--output", required=True, help="folder for bench.json, bench.md, grids, index.html")
@@ -520,7 +525,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="consecutive seeds from --seed (default: 8 for seeds, 4 for token, 1 otherwise)",
     )
     gr.add_argument(
-        "--values", type=float, nargs="+", default=None, help="guidance: scales (default 1.5 3 7.5 12 20)"
+        "--values",
+        type=Number(at_least=0, example=7.5),
+        nargs="+",
+        default=None,
+        help="guidance: scales (default 1.5 3 7.5 12 20)",
     )
     gr.add_argument("--styles", nargs="+", default=None, help="styles: the styles (default: nine built in)")
     gr.add_argument(
@@ -564,8 +573,8 @@ def build_parser() -> argparse.ArgumentParser:
     mo.add_argument(
         "--keyframes", type=int, default=5, help="keyframes from --seed when --seeds is not given"
     )
-    mo.add_argument("--duration", type=float, default=15.0, help="loop length in seconds (default 15)")
-    mo.add_argument("--fps", type=float, default=30.0, help="frames per second (default 30)")
+    _number_flag(mo, "--duration", 15.0, "loop length in seconds (default 15)", above=0)
+    _number_flag(mo, "--fps", 30.0, "frames per second (default 30)", above=0)
     mo.add_argument("--batch-size", type=int, default=1, help="frames denoised together (GPU)")
     mo.add_argument("--output", default="morph.gif", help=".gif, or .mp4 with imageio-ffmpeg installed")
     mo.set_defaults(func=_morph)

@@ -21,7 +21,7 @@ import tomli_w
 
 from boothkit.data.captions import names_token
 from boothkit.errors import BoothkitError
-from boothkit.flags import flag_name, option
+from boothkit.flags import check_numbers, option
 
 Method = Literal["lora", "full", "ti", "pivotal"]
 METHODS: tuple[str, ...] = get_args(Method)
@@ -114,26 +114,34 @@ class TrainConfig:
         section="prior",
         default=True,
     )
-    class_images: int = option("number of class images", section="prior", default=100)
+    class_images: int = option("number of class images", section="prior", at_least=0, default=100)
     class_dir: str | None = option(
         "folder of your own class images instead of generated ones", section="prior", default=None
     )
-    prior_weight: float = option("weight of the prior-preservation loss", section="prior", default=1.0)
-    class_steps: int = option("sampling steps when generating class images", section="prior", default=30)
+    prior_weight: float = option(
+        "weight of the prior-preservation loss", section="prior", at_least=0, default=1.0
+    )
+    class_steps: int = option(
+        "sampling steps when generating class images", section="prior", above=0, default=30
+    )
     class_guidance: float = option(
-        "guidance scale when generating class images", section="prior", default=7.5
+        "guidance scale when generating class images", section="prior", at_least=0, default=7.5
     )
     class_negative: str = option("negative prompt when generating class images", section="prior", default="")
-    class_batch_size: int = option("batch size when generating class images", section="prior", default=4)
+    class_batch_size: int = option(
+        "batch size when generating class images", section="prior", above=0, default=4
+    )
     bank_dir: str | None = option(
         "where the class-image bank lives (default: ~/.cache/boothkit/class_images)",
         section="prior",
         default=None,
     )
     # LoRA
-    rank: int = option("LoRA rank", section="method", default=4)
-    lora_alpha: float | None = option("LoRA alpha (default: the rank)", section="method", default=None)
-    lora_dropout: float = option("LoRA dropout", section="method", default=0.0)
+    rank: int = option("LoRA rank", section="method", above=0, default=4)
+    lora_alpha: float | None = option(
+        "LoRA alpha (default: the rank)", section="method", above=0, example=16, default=None
+    )
+    lora_dropout: float = option("LoRA dropout", section="method", at_least=0, below=1, default=0.0)
     target_modules: tuple[str, ...] = option(
         "UNet modules that get LoRA", section="method", default=("to_k", "to_q", "to_v", "to_out.0")
     )
@@ -148,23 +156,27 @@ class TrainConfig:
         default=TEXT_ENCODER_ATTENTION,
     )
     text_encoder_lr: float | None = option(
-        "text encoder learning rate (default: --lr)", section="method", default=None
+        "text encoder learning rate (default: --lr)", section="method", above=0, example=5e-5, default=None
     )
     # Full fine-tune, textual inversion, pivotal tuning
     text_encoder_fraction: float = option(
-        "stop training the text encoder(s) after this fraction of the steps", section="method", default=1.0
+        "stop training the text encoder(s) after this fraction of the steps",
+        section="method",
+        at_least=0,
+        at_most=1,
+        default=1.0,
     )
     ema: bool = option(
         "keep an exponential moving average of the trained weights and save it",
         section="method",
         default=False,
     )
-    ema_decay: float = option("EMA decay", section="method", default=0.999)
+    ema_decay: float = option("EMA decay", section="method", above=0, below=1, default=0.999)
     save_single_file: bool = option(
         "full fine-tune: also save one .safetensors in the original layout", section="method", default=False
     )
     num_vectors: int = option(
-        "textual inversion: embedding vectors for the new token", section="method", default=1
+        "textual inversion: embedding vectors for the new token", section="method", above=0, default=1
     )
     initializer_token: str | None = option(
         "textual inversion: word whose embedding starts the new token (default: the class noun)",
@@ -172,29 +184,36 @@ class TrainConfig:
         default=None,
     )
     ti_lr: float = option(
-        "learning rate of the token embeddings (ti, pivotal)", section="method", default=5e-3
+        "learning rate of the token embeddings (ti, pivotal)", section="method", above=0, default=5e-3
     )
     ti_fraction: float = option(
         "pivotal: train only the embeddings for this fraction of the steps, then only the LoRA (0: both together)",
         section="method",
+        at_least=0,
+        at_most=1,
         default=0.0,
     )
     # Optimisation
-    steps: int = option("optimizer steps", section="optimisation", default=500)
-    lr: float = option("learning rate", section="optimisation", default=1e-4)
+    steps: int = option("optimizer steps", section="optimisation", above=0, default=500)
+    lr: float = option("learning rate", section="optimisation", above=0, default=1e-4)
     lr_schedule: LRSchedule = option("learning-rate schedule", section="optimisation", default="constant")
-    warmup_steps: int = option("learning-rate warm-up steps", section="optimisation", default=0)
+    warmup_steps: int = option("learning-rate warm-up steps", section="optimisation", at_least=0, default=0)
     batch_size: int = option(
-        "instance images per step (as many class images are added)", section="optimisation", default=1
+        "instance images per step (as many class images are added)",
+        section="optimisation",
+        above=0,
+        default=1,
     )
-    grad_accum: int = option("gradient accumulation steps", section="optimisation", default=1)
-    max_grad_norm: float = option("gradient clipping norm (0: off)", section="optimisation", default=1.0)
-    weight_decay: float = option("AdamW weight decay", section="optimisation", default=1e-2)
+    grad_accum: int = option("gradient accumulation steps", section="optimisation", above=0, default=1)
+    max_grad_norm: float = option(
+        "gradient clipping norm (0: off)", section="optimisation", at_least=0, default=1.0
+    )
+    weight_decay: float = option("AdamW weight decay", section="optimisation", at_least=0, default=1e-2)
     adam_8bit: bool = option("8-bit AdamW from bitsandbytes", section="optimisation", default=False)
     snr_gamma: float | None = option(
-        "min-SNR-gamma loss weighting (e.g. 5.0)", section="optimisation", default=None
+        "min-SNR-gamma loss weighting (e.g. 5.0)", section="optimisation", above=0, example=5, default=None
     )
-    noise_offset: float = option("noise offset (e.g. 0.05)", section="optimisation", default=0.0)
+    noise_offset: float = option("noise offset (e.g. 0.05)", section="optimisation", at_least=0, default=0.0)
     mixed_precision: Precision = option(
         "mixed precision for the frozen weights and the forward pass", section="precision", default="no"
     )
@@ -202,18 +221,25 @@ class TrainConfig:
     seed: int = option("random seed", section="optimisation", default=0)
     # Outputs
     sample_every: int = option(
-        "validation samples every N steps (0: only at the end)", section="outputs", default=0
+        "validation samples every N steps (0: only at the end)", section="outputs", at_least=0, default=0
     )
     sample_prompts: tuple[str, ...] = option(
         "validation prompts", section="outputs", default=DEFAULT_VALIDATION_PROMPTS
     )
     sample_seeds: tuple[int, ...] = option("validation seeds", section="outputs", default=(0, 1))
-    sample_steps: int = option("sampling steps for validation images", section="outputs", default=25)
+    sample_steps: int = option("sampling steps for validation images", section="outputs", above=0, default=25)
     checkpoint_every: int = option(
-        "save a resumable checkpoint every N steps (0: only on interrupt)", section="outputs", default=0
+        "save a resumable checkpoint every N steps (0: only on interrupt)",
+        section="outputs",
+        at_least=0,
+        default=0,
     )
     keep_checkpoints: int | None = option(
-        "keep only the newest K checkpoints (default: all)", section="outputs", default=None
+        "keep only the newest K checkpoints (default: all)",
+        section="outputs",
+        above=0,
+        example=3,
+        default=None,
     )
     resume: str | None = option(
         "continue a run: its folder, or 'latest' for --output", section="resume", default=None
@@ -222,7 +248,7 @@ class TrainConfig:
         "resume even if the config or the images changed", section="resume", default=False
     )
     max_nan_steps: int = option(
-        "stop after this many consecutive non-finite steps", section="resume", default=5
+        "stop after this many consecutive non-finite steps", section="resume", above=0, default=5
     )
     auto_batch_size: bool = option(
         "on out-of-memory, halve the batch and double accumulation", section="precision", default=False
@@ -233,6 +259,7 @@ class TrainConfig:
     device: str = option("cpu, cuda, cuda:1 or auto", section="precision", default="auto")
 
     def __post_init__(self) -> None:
+        check_numbers(self)  # every number finite and in its field's range, before the rules below
         _validate(self)
 
     @property
@@ -240,46 +267,15 @@ class TrainConfig:
         return self.prior and self.class_noun is not None
 
 
-def _positive(name: str, value: float | None, *, what: str = "a positive number") -> None:
-    if value is not None and value <= 0:
-        raise BoothkitError(f"--{flag_name(name)} must be {what}, got {value}")
-
-
 def _validate(c: TrainConfig) -> None:
     for name in REQUIRED:
         if not getattr(c, name):
             raise BoothkitError(f"--{name} is required")
-    _positive("rank", c.rank, what="a positive integer (typical: 4-64)")
-    _positive("steps", c.steps, what="a positive integer")
-    _positive("lr", c.lr)
-    _positive("batch_size", c.batch_size, what="a positive integer")
-    _positive("grad_accum", c.grad_accum, what="a positive integer")
-    _positive("class_batch_size", c.class_batch_size, what="a positive integer")
-    _positive("class_steps", c.class_steps, what="a positive integer")
-    _positive("sample_steps", c.sample_steps, what="a positive integer")
-    _positive("text_encoder_lr", c.text_encoder_lr)
-    _positive("snr_gamma", c.snr_gamma)
     if c.resolution is not None and (c.resolution <= 0 or c.resolution % 8):
         raise BoothkitError(
             f"--resolution must be a positive multiple of 8, got {c.resolution}",
             hint=f"try {max(8, round(c.resolution / 8) * 8)}",
         )
-    for name in (
-        "class_images",
-        "warmup_steps",
-        "sample_every",
-        "checkpoint_every",
-        "noise_offset",
-        "max_grad_norm",
-    ):
-        if getattr(c, name) < 0:
-            raise BoothkitError(f"--{flag_name(name)} must be >= 0, got {getattr(c, name)}")
-    _positive("keep_checkpoints", c.keep_checkpoints, what="a positive integer")
-    _positive("max_nan_steps", c.max_nan_steps, what="a positive integer")
-    if c.prior_weight < 0:
-        raise BoothkitError(f"--prior-weight must be >= 0, got {c.prior_weight}")
-    if not 0 <= c.lora_dropout < 1:
-        raise BoothkitError(f"--lora-dropout must be in [0, 1), got {c.lora_dropout}")
     if not c.token.strip() or any(ch.isspace() for ch in c.token):
         raise BoothkitError(f"--token must be one word with no spaces, got {c.token!r}")
     if c.prior and c.class_noun is None:
@@ -315,13 +311,6 @@ def _validate(c: TrainConfig) -> None:
                     "like, so a prompt with the token would bind it to every one of them",
                     hint="leave {token} out of class prompts, e.g. 'a photo of {class_noun} on a beach'",
                 )
-    for name in ("text_encoder_fraction", "ti_fraction"):
-        if not 0 <= getattr(c, name) <= 1:
-            raise BoothkitError(f"--{flag_name(name)} must be between 0 and 1, got {getattr(c, name)}")
-    if not 0 < c.ema_decay < 1:
-        raise BoothkitError(f"--ema-decay must be between 0 and 1 (e.g. 0.999), got {c.ema_decay}")
-    _positive("num_vectors", c.num_vectors, what="a positive integer")
-    _positive("ti_lr", c.ti_lr)
     if c.method in ("ti", "pivotal") and c.initializer_token is None and c.class_noun is None:
         raise BoothkitError(
             f"--method {c.method} needs a word to start the new token from: pass --class-noun or --initializer-token"

@@ -336,6 +336,8 @@ def run_bench(
         raise BoothkitError(f"--steps must be a positive integer, got {settings.steps}")
     if not settings.seeds:
         raise BoothkitError("--seeds must be a positive integer")
+    if settings.class_images < 0:
+        raise BoothkitError(f"--class-images must be >= 0, got {settings.class_images}")
     model = settings.model or str(shipped_model_dir())
     settings = replace(settings, model=model)
     out = require_empty_folder(

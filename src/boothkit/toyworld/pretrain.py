@@ -462,10 +462,9 @@ def check_sources(settings: PretrainSettings) -> None:
     """Refuse --vae-from / --init-from folders that hold no toy model, and counts, shares and
     timesteps out of range, before anything is written."""
     from boothkit.errors import BoothkitError
+    from boothkit.flags import check_numbers
 
-    shares = ("caption_dropout", "attribute_dropout", "high_noise_share", "multicolor_share", "named_share")
-    for name in (*shares, "decoder_multicolor_share"):
-        check_share(f"--{name.replace('_', '-')}", getattr(settings, name))
+    check_numbers(settings)  # the floats' ranges, again: a field may have been set since
     if not 0 <= settings.individuals <= len(INDIVIDUALS):
         raise BoothkitError(f"--individuals {settings.individuals}: a count from 0 to {len(INDIVIDUALS)}")
     if settings.individuals and not (settings.named_share and settings.multicolor_share):
@@ -476,8 +475,8 @@ def check_sources(settings: PretrainSettings) -> None:
     if not 0 <= settings.high_noise_from <= 999:
         raise BoothkitError(f"--high-noise-from {settings.high_noise_from}: a timestep from 0 to 999")
     positive = (
-        *("steps", "batch_size", "vae_batch_size", "lr", "vae_lr", "width", "text_width"),
-        *("snr_gamma", "eval_every", "eval_images", "eval_steps"),
+        *("steps", "batch_size", "vae_batch_size", "width", "text_width"),
+        *("eval_every", "eval_images", "eval_steps"),
     )
     for name in positive:
         if getattr(settings, name) <= 0:
@@ -485,8 +484,6 @@ def check_sources(settings: PretrainSettings) -> None:
     for name in ("vae_steps", "decoder_steps", "pool"):
         if getattr(settings, name) < 0:
             raise BoothkitError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(settings, name)}")
-    if settings.max_minutes is not None and settings.max_minutes <= 0:
-        raise BoothkitError(f"--max-minutes must be positive, got {settings.max_minutes}")
 
     hint = "pass a model folder written by boothkit toyworld pretrain (e.g. src/boothkit/toyworld/model)"
     if settings.vae_from:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from boothkit.flags import option
+from boothkit.flags import check_numbers, option
 
 # The sections of `boothkit toyworld pretrain --help`, in order; each field names its own.
 SECTIONS: dict[str, str] = {
@@ -41,9 +41,12 @@ class PretrainSettings:
     batch_size: int = option("UNet + text encoder batch size", section="unet", default=32)
     vae_batch_size: int = option("autoencoder batch size", section="vae", default=32)
     lr: float = option(
-        "UNet + text encoder learning rate (AdamW, after a short warm-up)", section="unet", default=1e-3
+        "UNet + text encoder learning rate (AdamW, after a short warm-up)",
+        section="unet",
+        above=0,
+        default=1e-3,
     )
-    vae_lr: float = option("autoencoder learning rate", section="vae", default=1e-3)
+    vae_lr: float = option("autoencoder learning rate", section="vae", above=0, default=1e-3)
     width: int = option(
         "channels of the first UNet block; the others are 2x and 3x", section="model", default=32
     )
@@ -71,27 +74,38 @@ class PretrainSettings:
     caption_dropout: float = option(
         "share of training captions left empty, so that classifier-free guidance works",
         section="data",
+        at_least=0,
+        at_most=1,
         default=0.1,
     )
     attribute_dropout: float = option(
         "chance that a training caption leaves out each of size, colour, position and background, "
         "so that short prompts mean something",
         section="data",
+        at_least=0,
+        at_most=1,
         default=0.15,
     )
     ema_decay: float = option(
         "decay of the weights' moving average that is evaluated and saved (default 0.995; 0: the raw weights)",
         section="unet",
+        at_least=0,
+        below=1,
         default=0.995,
     )
     snr_gamma: float = option(
-        "gamma of the min-SNR loss weights (floored at one for the v target)", section="unet", default=5.0
+        "gamma of the min-SNR loss weights (floored at one for the v target)",
+        section="unet",
+        above=0,
+        default=5.0,
     )
     # The high-noise steps are where x_t shows nothing and the layout can come only from the caption:
     # steps at t=999 alone are what teach the model position words (BENCHMARKS.md, the noise schedule).
     high_noise_share: float = option(
         "share of timesteps drawn from --high-noise-from to 999, where only the caption shows the layout (default 0)",
         section="unet",
+        at_least=0,
+        at_most=1,
         default=0.0,
     )
     high_noise_from: int = option(
@@ -104,10 +118,14 @@ class PretrainSettings:
     )
     eval_images: int = option("held-out captions per evaluation", section="eval", default=56)
     eval_steps: int = option("sampling steps of each evaluation image", section="eval", default=20)
-    guidance: float = option("guidance scale of the evaluation images", section="eval", default=5.0)
+    guidance: float = option(
+        "guidance scale of the evaluation images", section="eval", at_least=0, default=5.0
+    )
     max_minutes: float | None = option(
         "stop the UNet phase after this long, in minutes (the VAE phase is not counted)",
         section="unet",
+        above=0,
+        example=60,
         default=None,
     )
     # A model that never saw a multi-colour object cannot learn one from a few photos; a real base
@@ -115,12 +133,16 @@ class PretrainSettings:
     multicolor_share: float = option(
         "share of the UNet's training objects painted in several colours, captioned without one",
         section="data",
+        at_least=0,
+        at_most=1,
         default=0.0,
     )
     named_share: float = option(
         "share of those multi-colour objects named in the caption right before the shape: by an "
         "identifier (sks, zwx, ...), or with --individuals by an individual's name",
         section="data",
+        at_least=0,
+        at_most=1,
         default=0.0,
     )
     # Each individual is a made-up name with one shape and one multi-colour look of its own
@@ -138,7 +160,11 @@ class PretrainSettings:
     )
     # A decoder that saw one-colour objects only blurs a subject's colour regions into one.
     decoder_multicolor_share: float = option(
-        "share of the decoder refinement's objects painted in several colours", section="decoder", default=0.0
+        "share of the decoder refinement's objects painted in several colours",
+        section="decoder",
+        at_least=0,
+        at_most=1,
+        default=0.0,
     )
     device: str = option("cpu or cuda", section="run", default="cpu")
     seed: int = option("seed of the data, the initial weights and the noise", section="run", default=0)
@@ -158,6 +184,9 @@ class PretrainSettings:
         default="best",
     )
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_numbers(self)  # every number finite and in its field's range; the counts: check_sources
 
 
 __all__ = ["SECTIONS", "PretrainSettings"]
