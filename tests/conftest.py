@@ -80,6 +80,39 @@ def fast_settings(**overrides: object) -> dict[str, object]:
     return base
 
 
+def train_config(model: Path, photos: Path, out: Path, **overrides: object):  # -> TrainConfig
+    """A dog run of ``model`` on ``photos`` into ``out`` with :func:`fast_settings` (and ``overrides``)."""
+    from boothkit.config import TrainConfig
+
+    return TrainConfig(
+        model=str(model), images=str(photos), output=str(out), class_noun="dog", **fast_settings(**overrides)
+    )  # type: ignore[arg-type]
+
+
+def train_args(model: Path, photos: Path, out: Path, **overrides: object) -> list[str]:
+    """The ``boothkit train`` arguments of :func:`train_config`, for runs through the command line."""
+    args = [
+        "train",
+        "--model",
+        str(model),
+        "--images",
+        str(photos),
+        "--output",
+        str(out),
+        "--class-noun",
+        "dog",
+    ]
+    for key, value in fast_settings(**overrides).items():
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            args.append(flag)
+        elif isinstance(value, tuple):
+            args += [flag, *map(str, value)]
+        else:
+            args += [flag, str(value)]
+    return args
+
+
 def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     """``boothkit ARGS`` in this process: (exit code, stdout, stderr)."""
     from boothkit.cli import main

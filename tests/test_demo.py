@@ -16,7 +16,7 @@ def test_demo_fast_variant(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     printed = capsys.readouterr().out
     for score in ("subject fidelity", "prompt fidelity", "leakage"):
         assert score in printed
-    assert '--prompt "a photo of a large sks circle in the top left on a grass background"' in printed
+    assert "--prompt 'a photo of a large sks circle in the top left on a grass background'" in printed
 
 
 def test_demo_refuses_an_unknown_subject(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from boothkit.checkpoint import latest_checkpoint, list_checkpoints, load_checkp
 from boothkit.config import TrainConfig
 from boothkit.errors import BoothkitError
 from boothkit.train import train
-from conftest import fast_settings, make_photos
+from conftest import fast_settings, make_photos, train_args
 
 STEPS = 6
 
@@ -57,30 +57,7 @@ def reference(tiny_model, tmp_path_factory) -> tuple[Path, Path, dict[str, torch
 
 
 def _cli_args(model: Path, photos: Path, out: Path) -> list[str]:
-    args = [
-        sys.executable,
-        "-m",
-        "boothkit.cli",
-        "train",
-        "--model",
-        str(model),
-        "--images",
-        str(photos),
-        "--output",
-        str(out),
-        "--class-noun",
-        "dog",
-        "--quiet",
-    ]
-    for key, value in _settings().items():
-        flag = "--" + key.replace("_", "-")
-        if value is True:
-            args.append(flag)
-        elif isinstance(value, tuple):
-            args += [flag, *map(str, value)]
-        else:
-            args += [flag, str(value)]
-    return args
+    return [sys.executable, "-m", "boothkit.cli", *train_args(model, photos, out, **_settings()), "--quiet"]
 
 
 @pytest.mark.parametrize("fault", ["micro:3", "checkpoint-write:4", "sigkill-mid-epoch"])

@@ -13,7 +13,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from boothkit.errors import BoothkitError
+from boothkit.errors import BoothkitError, WriteError
 from boothkit.families import FamilyName, load_pipeline_folder
 from boothkit.families.single_file import (
     UNetLayout,
@@ -266,7 +266,7 @@ def test_dtype_and_atomic_replace(
         raise OSError("disk full")
 
     monkeypatch.setattr(safetensors.torch, "save_file", crash)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(WriteError, match="disk full"):  # said, not a traceback
         save_single_file(models["sd1"], out)
     assert out.read_bytes() == before  # the old checkpoint survives a failed write
     assert [p.name for p in tmp_path.iterdir()] == [out.name]

@@ -473,14 +473,14 @@ def test_class_image_captions_that_name_the_token_are_refused(photos, tmp_path, 
     [
         (
             "lora",
-            'boothkit generate --model base --lora runs/x --prompt "a photo of sks dog wearing a wizard hat"',
+            "boothkit generate --model base --lora runs/x --prompt 'a photo of sks dog wearing a wizard hat'",
         ),
         (
             "ti",
-            'boothkit generate --model base --lora runs/x --prompt "a photo of <sks> dog wearing a wizard hat"',
+            "boothkit generate --model base --lora runs/x --prompt 'a photo of <sks> dog wearing a wizard hat'",
         ),
-        ("pivotal", '--lora runs/x --prompt "a photo of <sks> dog'),
-        ("full", 'boothkit generate --model runs/x --prompt "a photo of sks dog wearing a wizard hat"'),
+        ("pivotal", "--lora runs/x --prompt 'a photo of <sks> dog"),
+        ("full", "boothkit generate --model runs/x --prompt 'a photo of sks dog wearing a wizard hat'"),
     ],
 )
 def test_the_suggested_generate_command_fits_the_method(method: str, line: str) -> None:

@@ -31,7 +31,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from boothkit.errors import BoothkitError
+from boothkit.errors import BoothkitError, WriteError
 from boothkit.files import CHECKPOINT_MANIFEST, CHECKPOINT_WEIGHTS, CHECKPOINTS_DIR, step_name
 from boothkit.io import _fsync_dir
 
@@ -45,6 +45,7 @@ RESUMABLE_CHANGES = frozenset(
         "sample_every",
         "resume",
         "force_resume",
+        "output",  # a run folder moved or copied elsewhere is the same run
         "device",
         "auto_batch_size",
         "allow_pickle",
@@ -207,12 +208,13 @@ def save_checkpoint(
             shutil.rmtree(final)
         os.replace(tmp, final)
         _fsync_dir(root)
-    except OSError as e:
+    except (OSError, SafetensorError) as e:  # a full disk reaches safetensors' writer as its own error
         shutil.rmtree(tmp, ignore_errors=True)
         previous = latest_checkpoint(run_dir)
         kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
-        raise BoothkitError(
-            f"could not write the checkpoint for step {loop.step} ({e.strerror or e}); {kept}",
+        reason = getattr(e, "strerror", None) or str(e).splitlines()[0][:200]
+        raise WriteError(
+            f"could not write the checkpoint for step {loop.step} ({reason}); {kept}",
             hint="free disk space, then resume with `boothkit train --resume " + str(run_dir) + "`",
         ) from None
     if not verify(final):
@@ -234,21 +236,44 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[5:]), reverse=True)
 
 
-def verify(checkpoint: Path) -> bool:
-    """Every file the manifest names is there with its hash, and nothing else is needed."""
+def checkpoint_problem(checkpoint: Path) -> str | None:
+    """Why ``checkpoint`` can't be resumed from (a file missing or changed since it was written), or None."""
     try:
         manifest = json.loads((checkpoint / CHECKPOINT_MANIFEST).read_text(encoding="utf-8"))
         files = manifest["files"]
-        return bool(files) and all(sha256(checkpoint / name) == digest for name, digest in files.items())
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
+        if not isinstance(files, dict) or not files:
+            return f"its {CHECKPOINT_MANIFEST} lists no files"
+    except FileNotFoundError:
+        return f"it has no {CHECKPOINT_MANIFEST}"
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"its {CHECKPOINT_MANIFEST} can't be read ({e})"
+    for name, digest in sorted(files.items()):
+        try:
+            if sha256(checkpoint / name) != digest:
+                return f"{name} does not match the hash its manifest records"
+        except OSError:
+            return f"{name} is missing or unreadable"
+    return None
+
+
+def verify(checkpoint: Path) -> bool:
+    """Every file the manifest names is there with its hash, and nothing else is needed."""
+    return checkpoint_problem(checkpoint) is None
+
+
+def find_checkpoint(run_dir: Path) -> tuple[Path | None, list[str]]:
+    """The newest checkpoint that verifies, and a note for each newer one passed over and why."""
+    passed_over: list[str] = []
+    for candidate in list_checkpoints(run_dir):
+        problem = checkpoint_problem(candidate)
+        if problem is None:
+            return candidate, passed_over
+        passed_over.append(f"checkpoint {candidate} can't be used: {problem}")
+    return None, passed_over
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    for candidate in list_checkpoints(run_dir):
-        if verify(candidate):
-            return candidate
-    return None
+    return find_checkpoint(run_dir)[0]
 
 
 def remove_partials(run_dir: Path) -> None:
@@ -277,8 +302,9 @@ class Checkpoint:
 
 def load_checkpoint(path: Path) -> Checkpoint:
     """Read a checkpoint through safetensors and JSON only: a crafted folder cannot run code."""
-    if not verify(path):
-        raise BoothkitError(f"checkpoint {path} is incomplete or does not match its manifest")
+    problem = checkpoint_problem(path)
+    if problem is not None:
+        raise BoothkitError(f"checkpoint {path} can't be used: {problem}")
     try:
         manifest = json.loads((path / CHECKPOINT_MANIFEST).read_text(encoding="utf-8"))
         state = json.loads((path / "state.json").read_text(encoding="utf-8"))
@@ -315,6 +341,30 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
         if a != b:
             out.append(f"{key}: {a!r} in the checkpoint, {b!r} now")
     return out
+
+
+def resume_problems(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """What differs between a checkpoint's manifest and the run about to continue it, for the parts
+    ``current`` holds (the settings, the instance and class images, the base model)."""
+    problems = config_differences(saved.get("config", {}), current["config"]) if "config" in current else []
+    for key, what in (
+        ("images_hash", "the instance images changed"),
+        ("class_images_hash", "the class images changed"),
+        ("model_fingerprint", "the base model changed"),
+    ):
+        if key in current and saved.get(key) != current[key]:
+            problems.append(what)
+    return problems
+
+
+def read_manifest(checkpoint: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((checkpoint / CHECKPOINT_MANIFEST).read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        return data
+    except (OSError, ValueError) as e:
+        raise BoothkitError(f"checkpoint {checkpoint} can't be read: {CHECKPOINT_MANIFEST}: {e}") from None
 
 
 # ----------------------------------------------------------------------------- fault injection (tests)

@@ -22,6 +22,7 @@ from boothkit.data.images import check_folder, parse_color
 from boothkit.errors import BoothkitError
 from boothkit.files import CONFIG_FILE, LORA_FILE
 from boothkit.flags import Number, add_flags, given
+from boothkit.io import environment_hint
 from boothkit.toyworld.settings import SECTIONS as PRETRAIN_SECTIONS
 from boothkit.toyworld.settings import PretrainSettings
 
@@ -597,6 +598,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # the environment's fault (permissions, a full disk, a loop of links), not a bug
+        if ns.debug:
+            traceback.print_exc()
+        where = f": {e.filename}" if e.filename else ""
+        print(f"error: {e.strerror or e}{where}", file=sys.stderr)
+        print(f"  hint: {environment_hint(e)}", file=sys.stderr)
+        return 2
     except Exception as e:  # an unexpected failure: say what, point at --debug
         if ns.debug:
             traceback.print_exc()

@@ -376,6 +376,12 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raw = tomllib.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise BoothkitError(f"config file {p} does not exist") from None
+    except IsADirectoryError:
+        raise BoothkitError(
+            f"--config {p} is a folder", hint="pass the .toml file (a run's own is config.toml)"
+        ) from None
+    except OSError as e:
+        raise BoothkitError(f"config file {p} can't be read ({e.strerror or e})") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise BoothkitError(f"config file {p} is not valid TOML: {e}") from None
     return coerce_values(raw, source=str(p))

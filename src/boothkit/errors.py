@@ -18,3 +18,7 @@ class TrainingInterrupted(BoothkitError):
     """Ctrl-C or SIGTERM: the step finished, a checkpoint was saved, the run can be resumed."""
 
     exit_code = 130
+
+
+class WriteError(BoothkitError):
+    """The environment refused a write (disk full, read-only, no permission): said, never a traceback."""

@@ -18,9 +18,7 @@ from __future__ import annotations
 import collections
 import json
 import math
-import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +41,8 @@ from boothkit.families.single_file import (
     unet_path_to_ldm,
 )
 from boothkit.files import EMBEDDINGS_FILE, LORA_FILE, MODEL_DIR, SINGLE_FILE
-from boothkit.io import atomic_save_safetensors, atomic_write_dir
+from boothkit.io import atomic_save_safetensors, atomic_write, atomic_write_dir, remove_stale_temporaries
+from boothkit.locks import Lock
 from boothkit.metadata import ss_base_model_version
 
 LoraLayout = Literal["kohya", "diffusers"]
@@ -822,22 +821,11 @@ def _output_file(output: Path, target: LoraLayout, source: Path, metadata: Mappi
     return output / f"{stem}.safetensors"
 
 
-def _write_temp(tensors: Mapping[str, torch.Tensor], final: Path, metadata: Mapping[str, str]) -> Path:
-    """Write next to `final` under a hidden temporary `.safetensors` name, flushed to disk."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=".tmp.safetensors", dir=final.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        save_file(
-            {k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=dict(metadata)
-        )
-        with tmp.open("rb+") as fh:
-            os.fsync(fh.fileno())
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return tmp
+def _remove_leftovers(output: Path) -> None:
+    """What an export to ``output`` that was killed left behind (hidden temporary files and folders,
+    for the file and its embeddings): taken away under the destination's lock."""
+    remove_stale_temporaries(output.parent, output.name)
+    remove_stale_temporaries(output.parent, embeddings_path(output).name)
 
 
 def _written_by_export(path: Path, key: str) -> bool:
@@ -942,13 +930,15 @@ def export_lora(
     metadata = _output_metadata(lora.metadata, modules, family, format)
     final = _output_file(Path(output), format, lora.path, lora.metadata)
     bases = [Path(base_model_dir)] if base_model_dir is not None else []
-    _refuse_existing(final, CONVERTED_KEY, [lora.path, *bases], bases)
     embeddings = run_embeddings(lora.path)
-    if embeddings is not None:
-        _refuse_existing(embeddings_path(final), CONVERTED_KEY, [embeddings, *bases], bases)
     report = ExportReport(final, lora.path, lora.layout, format, family, len(tensors), len(modules))
-    tmp = _write_temp(tensors, final, metadata)
-    try:
+
+    def write(tmp: Path) -> None:
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=dict(metadata)
+        )
+
+    def verify(tmp: Path) -> None:  # before the file takes its name: a conversion that differs never appears
         if pipe is not None:
             expected = [m.name for m in modules]
             report.max_abs_diff, report.lora_effect, report.unmapped = verify_conversion(
@@ -957,11 +947,15 @@ def export_lora(
             report.verified = True
             if not report.ok:
                 raise BoothkitError(f"the converted LoRA does not reproduce the source:\n{report.format()}")
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
-    if embeddings is not None:
-        report.embeddings = _copy_embeddings(embeddings, embeddings_path(final))
+
+    with Lock(final, "export destination"):
+        _refuse_existing(final, CONVERTED_KEY, [lora.path, *bases], bases)
+        if embeddings is not None:
+            _refuse_existing(embeddings_path(final), CONVERTED_KEY, [embeddings, *bases], bases)
+        _remove_leftovers(final)
+        atomic_write(final, write, suffix=".tmp.safetensors", check=verify)
+        if embeddings is not None:
+            report.embeddings = _copy_embeddings(embeddings, embeddings_path(final))
     return report
 
 
@@ -993,8 +987,18 @@ def merge_lora(
     Written as a diffusers folder, or (`single_file=True`) as one LDM-layout `.safetensors` for
     A1111 / ComfyUI. Either appears only when complete (temporary name, then rename).
     """
+    if not math.isfinite(scale):  # the CLI's --scale is checked when parsed; this is the API's
+        raise BoothkitError(f"--scale {scale} is not finite; give a finite value, e.g. 1")
     source = load_lora_file(Path(lora))
-    _refuse_existing(Path(output), MERGED_KEY, [source.path, Path(base_model_dir)], [Path(base_model_dir)])
+    with Lock(Path(output), "export destination"):
+        _refuse_existing(
+            Path(output), MERGED_KEY, [source.path, Path(base_model_dir)], [Path(base_model_dir)]
+        )
+        _remove_leftovers(Path(output))
+        return _merge(base_model_dir, source, scale=scale, output=Path(output), single_file=single_file)
+
+
+def _merge(base_model_dir: Path, source: LoraFile, *, scale: float, output: Path, single_file: bool) -> Path:
     pipe = load_pipeline_folder(base_model_dir)
     check_lora_matches(
         source.tensors, pipe, lora_name=f"LoRA {source.path}", lora_family=guess_lora_family(source)
@@ -1021,7 +1025,6 @@ def merge_lora(
             "modelspec.merged_from": f"{Path(base_model_dir).name}, {source.path.name}@{scale}",
         }
     )
-    output = Path(output)
     if single_file:
         written = save_single_file(pipe, output, metadata=metadata)
         if embeddings is not None:  # a checkpoint has no tokenizer: the token travels beside it

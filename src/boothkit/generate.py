@@ -71,7 +71,7 @@ def generate(
     sampler = Sampler.open(
         model, scheduler=scheduler, device=device, allow_pickle=allow_pickle, model_config=model_config
     )
-    pipe = sampler.use(adapters)
+    pipe = sampler.use(adapters, prompt)
     width, height = sampler.size(width, height)
     out = Path(output).expanduser()
     first = next_image_number(out)

@@ -332,7 +332,7 @@ def morph(
     sampler = Sampler.open(
         model, scheduler=scheduler, device=device, allow_pickle=allow_pickle, model_config=model_config
     )
-    pipe = sampler.use(adapters)  # run folders, LoRA files and training checkpoints alike
+    pipe = sampler.use(adapters, prompt)  # run folders, LoRA files and training checkpoints alike
     family = sampler.family
     width, height = sampler.size(width, height)
     factor = family.vae_scale_factor

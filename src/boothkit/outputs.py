@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -109,10 +110,15 @@ class RunLogger:
         self.tb = SummaryWriter(str(out / LOGS_DIR / "tensorboard"))
 
     def scalars(self, step: int, **values: float | None) -> None:
-        row = {"step": step, "time": round(time.time() - self.start, 3)}
-        row.update({k: v for k, v in values.items() if v is not None})
+        """One row of ``train.jsonl``; a non-finite value is written as null (JSON has no NaN) and
+        named in the row's ``nonfinite``."""
+        row: dict[str, Any] = {"step": step, "time": round(time.time() - self.start, 3)}
+        nonfinite = [k for k, v in values.items() if v is not None and not math.isfinite(v)]
+        row.update({k: (None if k in nonfinite else v) for k, v in values.items() if v is not None})
+        if nonfinite:
+            row["nonfinite"] = nonfinite
         self.history.append(row)
-        self.file.write(json.dumps(row) + "\n")
+        self.file.write(json.dumps(row, allow_nan=False) + "\n")
         self.file.flush()
         for k, v in values.items():
             if v is not None and math.isfinite(v):
@@ -125,7 +131,9 @@ class RunLogger:
 
     def series(self, name: str) -> list[tuple[int, float]]:
         """(step, value) of one logged scalar, finite values only."""
-        return [(r["step"], r[name]) for r in self.history if name in r and math.isfinite(r[name])]
+        return [
+            (r["step"], r[name]) for r in self.history if r.get(name) is not None and math.isfinite(r[name])
+        ]
 
     def final_loss(self) -> tuple[float, int]:
         """(the loss averaged over the run's last steps, how many steps): a last step alone is noise."""
@@ -202,6 +210,7 @@ def write_summary(run: Run, result: TrainResult, skipped_steps: int, curve: Path
         "samples": paths(result.samples),
         "loss_curve": str(curve.resolve()),
         "warnings": run.warnings,
+        "skipped_files": run.skipped,
     }
     return atomic_write_json(run.out / SUMMARY_FILE, summary)
 
@@ -213,8 +222,11 @@ def summary_text(result: TrainResult, config: TrainConfig, example_prompt: str |
     prompt = example_prompt or f"a photo of {token} {config.class_noun or ''} wearing a wizard hat".replace(
         "  ", " "
     )
+    q = shlex.quote
     models = (
-        f"--model {result.output}" if method.standalone else f"--model {config.model} --lora {result.output}"
+        f"--model {q(str(result.output))}"
+        if method.standalone
+        else f"--model {q(config.model)} --lora {q(str(result.output))}"
     )
     training = result.seconds - result.class_image_seconds
     timing = (
@@ -234,6 +246,6 @@ def summary_text(result: TrainResult, config: TrainConfig, example_prompt: str |
         f"  logs    : {result.output / LOGS_DIR} ({TRAIN_LOG}, tensorboard)",
         f"  config  : {result.output / CONFIG_FILE}",
         "generate with:",
-        f'  boothkit generate {models} --prompt "{prompt}" --seed 42',
+        f"  boothkit generate {models} --prompt {q(prompt)} --seed 42",
     ]
     return "\n".join(lines)

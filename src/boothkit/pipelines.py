@@ -4,14 +4,16 @@ its pipeline, the scheduler asked for, the adapters loaded into it, and the imag
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import diffusers
 
 from boothkit.adapters import Adapter, AdapterSet
 from boothkit.errors import BoothkitError
-from boothkit.families import Family, LoadOptions, load_model
+from boothkit.families import Family, LoadOptions, load_model, prompt_fit
+from boothkit.metadata import read_metadata, trained_token
 
 SCHEDULERS: dict[str, tuple[str, dict[str, Any]]] = {
     "dpm++2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
@@ -54,8 +56,12 @@ def image_size(family: Family, width: int | None, height: int | None) -> tuple[i
 class Sampler:
     """A base model's pipeline with a scheduler, and the adapters loaded into it (:class:`AdapterSet`)."""
 
-    def __init__(self, family: Family, *, scheduler: str | None = None) -> None:
+    def __init__(
+        self, family: Family, *, scheduler: str | None = None, warn: Callable[[str], None] | None = None
+    ) -> None:
         self.family = family
+        self.warn = warn or _to_stderr
+        self._checked: set[str] = set()
         self.pipe = family.pipeline()
         set_scheduler(self.pipe, scheduler)
         self.pipe.set_progress_bar_config(disable=True)
@@ -81,9 +87,17 @@ class Sampler:
         )
         return cls(family, scheduler=scheduler)
 
-    def use(self, adapters: Sequence[Adapter]) -> Any:
-        """Activate exactly ``adapters`` (with their weights); returns the pipeline."""
+    def use(self, adapters: Sequence[Adapter], prompt: str | None = None) -> Any:
+        """Activate exactly ``adapters`` (with their weights); returns the pipeline. With ``prompt``,
+        check that the text encoder reads it whole: a warning says what is cut off, and a prompt whose
+        adapters' token falls in the cut part is refused (the subject would silently not show)."""
         self.adapters.activate(adapters)
+        if prompt is not None and prompt not in self._checked:
+            words = [t for a in adapters if (t := trained_token(read_metadata(a.path)))]
+            note = prompt_fit(self.family.tokenizers, prompt, words)
+            if note:
+                self.warn(f"warning: {note}")
+            self._checked.add(prompt)
         return self.pipe
 
     def size(self, width: int | None, height: int | None) -> tuple[int, int]:
@@ -104,6 +118,10 @@ def open_pipeline(
         model, scheduler=scheduler, device=device, allow_pickle=allow_pickle, model_config=model_config
     )
     return sampler.use(adapters)
+
+
+def _to_stderr(message: str) -> None:
+    print(message, file=sys.stderr)
 
 
 __all__ = ["SCHEDULERS", "Sampler", "check_scheduler", "image_size", "open_pipeline", "set_scheduler"]

@@ -8,16 +8,17 @@ checked right after it loads (:func:`token_warnings`; your own class images: `pr
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from boothkit.checkpoint import latest_checkpoint, remove_partials
+from boothkit.checkpoint import find_checkpoint, read_manifest, resume_problems
 from boothkit.config import TrainConfig
 from boothkit.data.captions import check_captions_omit_token, check_prompts_name_token
-from boothkit.data.images import check_folder, parse_color
+from boothkit.data.images import CheckReport, check_folder, images_hash, parse_color
 from boothkit.errors import BoothkitError
 from boothkit.families import Family
 from boothkit.methods import TrainingMethod
@@ -33,13 +34,20 @@ class Preflight:
 
     images: list[Path]
     resume_from: Path | None
+    notes: list[str]  # checkpoints passed over because they are damaged
+    skipped: list[str]  # photos --skip-invalid leaves out, 'file: reason'
 
 
 def preflight(config: TrainConfig, method: TrainingMethod) -> Preflight:
     """Every check that needs no model, in the order a person would fix them."""
     check_folders(config)
-    resume_from = resume_point(config)
-    images = check_instance_images(config)
+    resume_from, notes = resume_point(config)
+    report = instance_report(config)
+    images = check_instance_images(config, report)
+    skipped = report.skipped() if config.skip_invalid else []
+    if resume_from is not None:  # the settings and photos can be compared before the model loads
+        current = {"config": dataclasses.asdict(config), "images_hash": images_hash(images)}
+        refuse_changed_run(resume_from, resume_problems(read_manifest(resume_from), current), config)
     check_prompts_name_token(
         images,
         Path(config.images).expanduser(),
@@ -48,7 +56,7 @@ def preflight(config: TrainConfig, method: TrainingMethod) -> Preflight:
     )
     if config.uses_prior and config.class_dir:
         check_captions_omit_token(Path(config.class_dir).expanduser(), config.token)
-    return Preflight(images, resume_from)
+    return Preflight(images, resume_from, notes, skipped)
 
 
 # ----------------------------------------------------------------------------- folders
@@ -60,10 +68,22 @@ def _within(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
+def _refuse_link_loops(flags: list[tuple[str, Path]]) -> None:
+    for flag, path in flags:
+        try:
+            path.expanduser().resolve()
+        except (RuntimeError, OSError):  # Python reports a loop of symbolic links as RuntimeError
+            raise BoothkitError(
+                f"{flag} {path}: a symbolic link on this path points back into itself",
+                hint="fix the link, or pass the real folder",
+            ) from None
+
+
 def check_folders(config: TrainConfig) -> None:
     """Refuse folder choices that would write into the user's photos or mix the two kinds of images:
     what is written under --images or --class-dir would be read as photos by the next run."""
     inputs = [("--images", Path(config.images))]
+    _refuse_link_loops(inputs)
     if config.class_dir:
         class_dir = Path(config.class_dir)
         if _within(class_dir, inputs[0][1]) or _within(inputs[0][1], class_dir):
@@ -76,6 +96,7 @@ def check_folders(config: TrainConfig) -> None:
     written = [("--output", Path(config.output))]
     if config.bank_dir:
         written.append(("--bank-dir", Path(config.bank_dir)))
+    _refuse_link_loops([*inputs, *written])
     for wflag, wpath in written:
         for iflag, ipath in inputs:
             if _within(wpath, ipath):
@@ -86,41 +107,56 @@ def check_folders(config: TrainConfig) -> None:
                 )
 
 
-def resume_point(config: TrainConfig) -> Path | None:
-    """The checkpoint to resume from, or None for a fresh run; never silently starts over."""
+def resume_point(config: TrainConfig) -> tuple[Path | None, list[str]]:
+    """The checkpoint to resume from (None for a fresh run; never silently starts over), and a note
+    for each newer checkpoint passed over because it is damaged."""
     if config.resume is None:
-        return None
+        return None, []
     out = Path(config.output).expanduser()
     run_dir = out if config.resume == "latest" else Path(config.resume).expanduser()
     if run_dir.resolve() != out.resolve():
         raise BoothkitError(
             f"--resume {run_dir} differs from --output {out}", hint="resume writes into the run it continues"
         )
-    remove_partials(run_dir)
-    ckpt = latest_checkpoint(run_dir)
+    ckpt, passed_over = find_checkpoint(run_dir)
     if ckpt is None:
+        found = "; ".join(passed_over) or "there are none"
         raise BoothkitError(
-            f"--resume {run_dir}: no complete checkpoint to resume from; nothing was changed",
+            f"--resume {run_dir}: no complete checkpoint to resume from ({found}); nothing was changed",
             hint="checkpoints are written every --checkpoint-every steps and on Ctrl-C",
         )
-    return ckpt
+    return ckpt, passed_over
+
+
+def refuse_changed_run(checkpoint: Path, problems: list[str], config: TrainConfig) -> None:
+    """A resume continues the same run: refuse one whose settings, images or model changed."""
+    if problems and not config.force_resume:
+        raise BoothkitError(
+            f"refusing to resume from {checkpoint}: " + "; ".join(problems) + "; nothing was changed",
+            hint="resume with the same settings and images, or pass --force-resume to continue anyway",
+        )
 
 
 # ----------------------------------------------------------------------------- images
 
 
-def check_instance_images(config: TrainConfig) -> list[Path]:
-    """The usable photos in --images; a rejected one stops the run by name unless --skip-invalid."""
+def instance_report(config: TrainConfig) -> CheckReport:
+    """The photo check of --images, every file with its status and reason."""
     folder = Path(config.images).expanduser()
     if not folder.is_dir():
         raise BoothkitError(
             f"--images {folder} is not a folder", hint="pass the folder that holds your photos"
         )
-    report = check_folder(
+    return check_folder(
         folder, resolution=config.resolution or 512, alpha_background=parse_color(config.alpha_background)
     )
+
+
+def check_instance_images(config: TrainConfig, report: CheckReport | None = None) -> list[Path]:
+    """The usable photos in --images; a rejected one stops the run by name unless --skip-invalid."""
+    report = report or instance_report(config)
     return report.require_usable(
-        f"--images {folder}",
+        f"--images {report.root}",
         skip_invalid=config.skip_invalid,
         empty_hint="add 3-20 photos of the subject (jpg, png, webp)",
     )
@@ -183,6 +219,7 @@ __all__ = [
     "check_instance_images",
     "preflight",
     "resolve_device",
+    "refuse_changed_run",
     "resume_point",
     "token_warnings",
 ]

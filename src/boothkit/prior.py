@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,14 @@ from boothkit.data.captions import instance_prompts, render_prompt
 from boothkit.data.images import check_folder
 from boothkit.errors import BoothkitError
 from boothkit.families import Family
-from boothkit.io import atomic_save_image, atomic_write_json
+from boothkit.io import (
+    atomic_save_image,
+    atomic_write_json,
+    cache_root,
+    remove_stale_temporaries,
+    write_failure,
+)
+from boothkit.locks import Lock
 
 BANK_MANIFEST = "bank.json"
 
@@ -59,10 +66,7 @@ class BankKey:
 
 
 def default_bank_root() -> Path:
-    if root := os.environ.get("BOOTHKIT_CACHE"):
-        return Path(root) / "class_images"
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "boothkit" / "class_images"
+    return cache_root() / "class_images"
 
 
 def bank_dir(key: BankKey, root: Path | None = None) -> Path:
@@ -86,14 +90,36 @@ def ensure_class_images(
     root: Path | None = None,
     batch_size: int = 4,
     progress: bool = True,
+    log: Callable[[str], None] = print,
 ) -> list[Path]:
-    """Return `count` class images for `key`, generating only the ones the bank lacks."""
+    """Return `count` class images for `key`, generating only the ones the bank lacks.
+
+    One process fills a bank entry at a time: a second run that needs the same entry waits for the
+    first (it says so) and then takes what the first made, so images are never made twice or mixed.
+    """
     folder = bank_dir(key, root)
-    folder.mkdir(parents=True, exist_ok=True)
+    with Lock(folder, "class-image bank entry").acquire(wait=True, waiting=log):
+        return _fill(pipeline, key, count, folder, batch_size=batch_size, progress=progress)
+
+
+def _fill(
+    pipeline: Any, key: BankKey, count: int, folder: Path, *, batch_size: int, progress: bool
+) -> list[Path]:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise write_failure(folder, e) from None
+    remove_stale_temporaries(folder)  # what a killed run left half-written
     manifest = folder / BANK_MANIFEST
     if manifest.exists():
-        stored = json.loads(manifest.read_text())
-        if stored.get("key") != asdict(key):
+        try:
+            stored = json.loads(manifest.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise BoothkitError(
+                f"class-image bank {folder}: {BANK_MANIFEST} can't be read ({e})",
+                hint="delete that folder; the images are made again",
+            ) from None
+        if not isinstance(stored, dict) or stored.get("key") != asdict(key):
             raise BoothkitError(
                 f"class-image bank {folder} was made with other settings; delete it to regenerate"
             )
@@ -158,15 +184,30 @@ def prior_prompts(config: TrainConfig, token: str, prior_paths: list[Path]) -> l
     return [prompt_in_turn(cycle, i) for i in range(len(prior_paths))]
 
 
-def check_class_dir(config: TrainConfig, resolution: int) -> list[Path]:
+@dataclass(frozen=True)
+class ClassImages:
+    """A run's class images, and the files of your own --class-dir that --skip-invalid left out."""
+
+    paths: list[Path]
+    skipped: list[str]
+
+
+def check_class_dir(config: TrainConfig, resolution: int) -> ClassImages:
     """The usable images of your own --class-dir (at most --class-images of them), checked as photos are."""
     assert config.class_dir is not None
     report = check_folder(Path(config.class_dir).expanduser(), resolution=resolution)
     paths = report.require_usable(f"--class-dir {config.class_dir}", skip_invalid=config.skip_invalid)
-    return paths[: config.class_images] if config.class_images else paths
+    return ClassImages(paths[: config.class_images] if config.class_images else paths, report.skipped())
 
 
-def class_images(config: TrainConfig, model: Family, resolution: int, *, progress: bool = True) -> list[Path]:
+def class_images(
+    config: TrainConfig,
+    model: Family,
+    resolution: int,
+    *,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> ClassImages:
     """The prior-preservation images: the user's own folder, or the bank (generated as needed)."""
     if config.class_dir:
         return check_class_dir(config, resolution)
@@ -183,6 +224,13 @@ def class_images(config: TrainConfig, model: Family, resolution: int, *, progres
     pipe = model.pipeline()
     pipe.set_progress_bar_config(disable=True)
     root = Path(config.bank_dir).expanduser() if config.bank_dir else None
-    return ensure_class_images(
-        pipe, key, config.class_images, root=root, batch_size=config.class_batch_size, progress=progress
+    paths = ensure_class_images(
+        pipe,
+        key,
+        config.class_images,
+        root=root,
+        batch_size=config.class_batch_size,
+        progress=progress,
+        log=log,
     )
+    return ClassImages(paths, [])

@@ -191,7 +191,7 @@ class Renderer:
         }
 
     def render(self, cell: Cell, sampling: Sampling) -> Image.Image:
-        pipe = self.sampler.use(cell.adapters)
+        pipe = self.sampler.use(cell.adapters, cell.prompt)
         width, height = self.size(sampling)
         with torch.no_grad():
             image = pipe(

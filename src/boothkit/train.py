@@ -12,7 +12,6 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -24,24 +23,24 @@ from tqdm.auto import tqdm
 
 from boothkit.checkpoint import (
     LoopState,
-    config_differences,
     fault_point,
     latest_checkpoint,
     load_checkpoint,
     named_trainable,
+    remove_partials,
     restore_rng,
+    resume_problems,
     save_checkpoint,
 )
-from boothkit.config import TrainConfig, to_toml
+from boothkit.config import TrainConfig
 from boothkit.data.cache import CachedImage, encode_images, encode_prompt_set
-from boothkit.data.captions import instance_prompts
+from boothkit.data.captions import instance_prompts, render_prompt
 from boothkit.data.images import images_hash, parse_color
 from boothkit.data.order import batch_latents, bucket_sizes, take
-from boothkit.errors import BoothkitError, TrainingInterrupted
-from boothkit.families import Conditioning, Family, LoadOptions, load_model
-from boothkit.files import CONFIG_FILE, LOSS_PLOT, SAMPLES_DIR, step_name
+from boothkit.errors import BoothkitError, TrainingInterrupted, WriteError
+from boothkit.families import Conditioning, Family, LoadOptions, load_model, prompt_fit
+from boothkit.files import LOSS_PLOT, SAMPLES_DIR, step_name
 from boothkit.guards import StopFlag, estimate_disk, is_oom, oom_message
-from boothkit.io import atomic_write_text
 from boothkit.losses import (
     LossTerms,
     compute_snr,
@@ -54,9 +53,9 @@ from boothkit.losses import (
 from boothkit.metadata import run_metadata
 from boothkit.methods import TrainingMethod, get_method
 from boothkit.outputs import RunLogger, save_samples, write_summary
-from boothkit.preflight import preflight, resolve_device, token_warnings
+from boothkit.preflight import Preflight, preflight, refuse_changed_run, resolve_device, token_warnings
 from boothkit.prior import class_images, prior_prompts
-from boothkit.run import COMPLETE, Run, TrainResult, prepare_output, write_marker
+from boothkit.run import Run, RunFolder, TrainResult, open_run
 
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -102,8 +101,11 @@ def prepare(
 
     # Prior images are made by the base model, before any adapter or token is added.
     started = time.time()
-    prior_paths = class_images(config, model, resolution, progress=progress) if config.uses_prior else []
+    prior = class_images(config, model, resolution, progress=progress, log=log) if config.uses_prior else None
+    prior_paths = prior.paths if prior else []
     class_image_seconds = time.time() - started
+    for skipped in prior.skipped if prior else []:
+        log(f"skipped (--skip-invalid): {skipped}")
 
     # Frozen weights in the compute dtype; the method keeps its trainable weights in fp32.
     model.unet.to(dtype=weight_dtype)
@@ -121,6 +123,12 @@ def prepare(
         class_noun=config.class_noun,
     )
     class_prompts = prior_prompts(config, token, prior_paths)
+    samples = [render_prompt(p, token=token, class_noun=config.class_noun) for p in config.sample_prompts]
+    for prompt in dict.fromkeys([*prompts, *class_prompts, *samples]):
+        note = prompt_fit(model.tokenizers, prompt, token.split())  # refuses a cut-off identifier
+        if note:
+            log(f"warning: {note}")
+            warnings.append(note)
     bg = parse_color(config.alpha_background)
     sizes = (
         bucket_sizes(images, resolution, bg) if config.buckets else [(resolution, resolution)] * len(images)
@@ -183,6 +191,7 @@ def prepare(
         prior_paths=prior_paths,
         warnings=warnings,
         class_image_seconds=class_image_seconds,
+        skipped=list(prior.skipped) if prior else [],
     )
 
 
@@ -267,19 +276,7 @@ def manifest(run: Run) -> dict[str, Any]:
 def restore(run: Run, ckpt_path: Path, generator: torch.Generator) -> LoopState:
     """Put a checkpoint's weights, optimizer, schedules and RNG back; refuse one of another run."""
     ckpt = load_checkpoint(ckpt_path)
-    current = manifest(run)
-    problems = config_differences(ckpt.manifest.get("config", {}), current["config"])
-    if ckpt.manifest.get("images_hash") != current["images_hash"]:
-        problems.append("the instance images changed")
-    if ckpt.manifest.get("class_images_hash") != current["class_images_hash"]:
-        problems.append("the class images changed")
-    if ckpt.manifest.get("model_fingerprint") != current["model_fingerprint"]:
-        problems.append("the base model changed")
-    if problems and not run.config.force_resume:
-        raise BoothkitError(
-            f"refusing to resume from {ckpt_path}: " + "; ".join(problems),
-            hint="resume with the same settings and images, or pass --force-resume to continue anyway",
-        )
+    refuse_changed_run(ckpt_path, resume_problems(ckpt.manifest, manifest(run)), run.config)
     params = dict(named_trainable(run.trainable_modules()))
     method_state = {
         k.removeprefix("method."): v for k, v in ckpt.trainable.items() if k.startswith("method.")
@@ -290,23 +287,37 @@ def restore(run: Run, ckpt_path: Path, generator: torch.Generator) -> LoopState:
             f"checkpoint {ckpt_path} does not fit this run's trainable weights "
             f"({len(missing)} names differ, e.g. {sorted(missing)[0]})"
         )
+    forged = [
+        name
+        for name, p in params.items()
+        if ckpt.trainable[name].shape != p.shape or not ckpt.trainable[name].is_floating_point()
+    ]
+    if forged:
+        raise BoothkitError(
+            f"checkpoint {ckpt_path} does not fit this run's trainable weights ({len(forged)} tensors have "
+            f"another shape or type, e.g. {forged[0]}: {tuple(ckpt.trainable[forged[0]].shape)} for "
+            f"{tuple(params[forged[0]].shape)})",
+            hint="resume a run with the checkpoint boothkit wrote for it",
+        )
     with torch.no_grad():
         for name, p in params.items():
             p.copy_(ckpt.trainable[name].to(p.device, p.dtype))
-    run.method.load_state(method_state)
-    run.optimizer.load_state_dict(ckpt.optimizer)
-    run.lr_scheduler.load_state_dict(ckpt.lr_scheduler)
-    if ckpt.scaler is not None and run.accelerator.scaler is not None:
-        run.accelerator.scaler.load_state_dict(ckpt.scaler)
-    restore_rng(generator, ckpt.rng_tensors, ckpt.rng_plain)
+    try:  # a checkpoint edited by hand (or by someone else) fails here by name, not deep in torch
+        run.method.load_state(method_state)
+        run.optimizer.load_state_dict(ckpt.optimizer)
+        run.lr_scheduler.load_state_dict(ckpt.lr_scheduler)
+        if ckpt.scaler is not None and run.accelerator.scaler is not None:
+            run.accelerator.scaler.load_state_dict(ckpt.scaler)
+        restore_rng(generator, ckpt.rng_tensors, ckpt.rng_plain)
+    except (ValueError, RuntimeError, KeyError, TypeError, IndexError) as e:
+        raise BoothkitError(
+            f"checkpoint {ckpt_path} does not fit this run ({type(e).__name__}: {str(e).splitlines()[0][:200]})",
+            hint="resume a run with the checkpoint boothkit wrote for it",
+        ) from None
     return ckpt.loop
 
 
 # ----------------------------------------------------------------------------- the loop
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat()
 
 
 def train(
@@ -319,25 +330,45 @@ def train(
     """Run DreamBooth training as configured. `model` may be passed pre-loaded (it is trained in place)."""
     started = time.time()
     out = Path(config.output).expanduser()
-    checks = preflight(
-        config, get_method(config.method)
-    )  # before the model loads: bad input fails in seconds
-    if checks.resume_from is None:
-        prepare_output(out)
+    # Everything that needs no model is checked before it loads: bad input fails in seconds.
+    checks = preflight(config, get_method(config.method))
+    for note in checks.notes:
+        log(f"warning: {note}")
+    for skipped in checks.skipped:
+        log(f"skipped (--skip-invalid): {skipped}")
+    with open_run(out, resume=checks.resume_from is not None) as folder:
+        return _train(config, model, folder, checks, started, progress, log)
+
+
+def _train(
+    config: TrainConfig,
+    model: Family | None,
+    folder: RunFolder,
+    checks: Preflight,
+    started: float,
+    progress: bool,
+    log: Callable[[str], None],
+) -> TrainResult:
+    """The run in a locked run folder: prepare, restore, then the loop; its marker changes only once
+    the work starts, so a run refused before then leaves the folder as it was."""
+    out = folder.path
     run = prepare(config, model, log, checks.images, progress=progress)
+    run.skipped[:0] = checks.skipped  # the photos first, then your own class images
     model = run.model
     estimate_disk(run)
-    write_marker(out, "running", started=_now())
-    atomic_write_text(out / CONFIG_FILE, to_toml(config))
-
     generator = torch.Generator().manual_seed(config.seed)
     loop = LoopState(step=0, batch_size=config.batch_size, grad_accum=config.grad_accum)
     if checks.resume_from is not None:
         loop = restore(run, checks.resume_from, generator)
+        remove_partials(out)  # checkpoint writes a killed process left unfinished
         log(f"resuming from {checks.resume_from} (step {loop.step} of {config.steps})")
+    folder.start(config)
+
+    first_step = loop.step
     logger = RunLogger(out, truncate_after=loop.step)
     sample_files: list[Path] = []
     consecutive_bad = 0
+    updates = 0  # optimizer steps this process took (a run whose every step was skipped failed)
     ending: dict[str, Any] | None = None  # the marker a stopped run leaves (interrupted, failed)
 
     def checkpoint() -> Path:
@@ -403,6 +434,7 @@ def train(
                     run.lr_scheduler.step()
                     run.method.after_update(model, loop.step)
                     consecutive_bad = 0
+                    updates += 1
                 else:
                     # A non-finite loss or gradient: skip the update, weights untouched.
                     loop.skipped_steps += 1
@@ -455,15 +487,38 @@ def train(
                             f"stopped at step {done} of {config.steps}; checkpoint saved in {path}",
                             hint=f"continue with: boothkit train --resume {out}",
                         )
+        if not updates and loop.step > first_step:
+            ending = {"status": "failed", "reason": "every step was skipped"}
+            raise BoothkitError(
+                f"every one of the {loop.step - first_step} steps had a non-finite loss or gradient, so "
+                "nothing was learned and no weights were written",
+                hint=f"check the settings for extreme values (--lr {config.lr}: try {config.lr / 10:g}), "
+                "or try --mixed-precision no",
+            )
+        return save(run, logger, sample_files, loop.skipped_steps, started, folder)
+    except BaseException as e:
+        if ending is None:
+            # A write the disk refused stopped the run, and it can go on from its last checkpoint.
+            stopped = isinstance(e, KeyboardInterrupt | WriteError)
+            ending = {"status": "interrupted" if stopped else "failed", "reason": _reason(e)}
+        if isinstance(e, WriteError) and "--resume" not in (e.hint or ""):
+            last = latest_checkpoint(out)
+            raise WriteError(
+                e.message + (f"; the run can continue from {last}" if last else ""),
+                hint=(e.hint or "") + (f", then: boothkit train --resume {out}" if last else ""),
+            ) from None
+        raise
     finally:
         # However the loop ends (finished, stopped, failed), the bar and the log are closed, and a run
-        # that stopped says why in its marker; a crash leaves it "running", which resume accepts.
+        # that stopped says why in its marker; resume accepts any run that is not complete.
         bar.close()
         logger.close()
         if ending is not None:
-            write_marker(out, ending.pop("status"), **ending)
+            folder.stop(ending.pop("status"), **ending)
 
-    return save(run, logger, sample_files, loop.skipped_steps, started)
+
+def _reason(error: BaseException) -> str:
+    return f"{type(error).__name__}: {getattr(error, 'message', None) or error}".splitlines()[0][:300]
 
 
 # ----------------------------------------------------------------------------- save
@@ -477,7 +532,12 @@ def sample_grid(run: Run, step: int) -> Path:
 
 
 def save(
-    run: Run, logger: RunLogger, sample_files: list[Path], skipped_steps: int, started: float
+    run: Run,
+    logger: RunLogger,
+    sample_files: list[Path],
+    skipped_steps: int,
+    started: float,
+    folder: RunFolder,
 ) -> TrainResult:
     """The method's weights, the last samples, the loss curve, summary.json; then the run is complete."""
     config, model = run.config, run.model
@@ -506,7 +566,7 @@ def save(
         loss_window=window,
     )
     write_summary(run, result, skipped_steps, curve)
-    write_marker(run.out, COMPLETE, finished=_now())
+    folder.finish()
     return result
 
 

@@ -163,6 +163,10 @@ class CheckReport:
     def rejected(self) -> list[FileReport]:
         return [e for e in self.entries if e.status == "rejected"]
 
+    def skipped(self) -> list[str]:
+        """'file: reason' for each rejected file (what --skip-invalid leaves out)."""
+        return [f"{self.root / e.file}: {e.reason}" for e in self.rejected()]
+
     def require_usable(self, where: str, *, skip_invalid: bool, empty_hint: str | None = None) -> list[Path]:
         """:meth:`usable`, refusing a folder with rejected files (unless ``skip_invalid``) or none usable;
         ``where`` names the folder in the message (e.g. ``--class-dir DIR``)."""

@@ -16,6 +16,7 @@ from boothkit.families.base import (
     ModelSource,
     PredictionType,
     load_pipeline_folder,
+    prompt_fit,
 )
 from boothkit.families.loading import (
     PICKLE_SUFFIXES,
@@ -42,6 +43,7 @@ __all__ = [
     "fingerprint",
     "load_model",
     "load_pipeline_folder",
+    "prompt_fit",
     "refuse_pickle",
     "resolve_model",
     "torch_load_weights",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -158,3 +159,53 @@ def load_pipeline_folder(path: str | Path) -> Any:
         raise BoothkitError(
             f"could not load the diffusers model in {folder}: {str(e).splitlines()[0]}"
         ) from None
+
+
+# ----------------------------------------------------------------------------- prompts longer than the encoder reads
+
+
+@dataclass(frozen=True)
+class Overflow:
+    """A prompt longer than a text encoder reads: its length and the limit in tokens (start and end
+    markers aside), and the text kept and the text cut off."""
+
+    tokens: int
+    limit: int
+    kept: str
+    cut: str
+
+
+def prompt_overflow(tokenizer: Any, prompt: str) -> Overflow | None:
+    """Where ``tokenizer`` cuts ``prompt`` (CLIP reads 77 tokens, its start and end markers among
+    them), or None when all of it is read."""
+    limit = int(tokenizer.model_max_length) - 2
+    if limit <= 0 or limit > 100_000:  # a tokenizer that states no limit
+        return None
+    ids = tokenizer(prompt, add_special_tokens=False, truncation=False).input_ids
+    if len(ids) <= limit:
+        return None
+    return Overflow(
+        len(ids), limit, tokenizer.decode(ids[:limit]).strip(), tokenizer.decode(ids[limit:]).strip()
+    )
+
+
+def prompt_fit(tokenizers: list[Any], prompt: str, words: list[str]) -> str | None:
+    """A warning when ``prompt`` is longer than the text encoder reads, saying what is cut; a refusal
+    when one of ``words`` (the identifier that calls the subject) is only in the part that is cut."""
+    for tokenizer in tokenizers:
+        over = prompt_overflow(tokenizer, prompt)
+        if over is None:
+            continue
+        for word in words:
+            named = re.compile(rf"(?<![\w<]){re.escape(word.lower())}(?![\w>])")
+            if named.search(prompt.lower()) and not named.search(over.kept.lower()):
+                raise BoothkitError(
+                    f"prompt {prompt!r} is {over.tokens} tokens long and the text encoder reads the first "
+                    f"{over.limit}: {word} is in the part that is cut off ({over.cut!r})",
+                    hint=f"shorten the prompt, or name {word} earlier in it",
+                )
+        return (
+            f"prompt {prompt[:60]!r}... is {over.tokens} tokens long and the text encoder reads the first "
+            f"{over.limit}: {over.cut!r} is left out"
+        )
+    return None

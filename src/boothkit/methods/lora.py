@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from boothkit.checkpoint import all_finite
@@ -23,7 +23,7 @@ from boothkit.config import TrainConfig
 from boothkit.errors import BoothkitError
 from boothkit.families import Family
 from boothkit.files import LORA_FILE
-from boothkit.io import atomic_save_safetensors
+from boothkit.io import atomic_save_safetensors, write_failure
 from boothkit.methods.base import fp32_trainable
 
 
@@ -154,11 +154,14 @@ class LoRA:
                 kwargs[f"{prefix}_lora_adapter_metadata"] = self._configs[prefix].to_dict()
         # Let diffusers lay out keys and adapter metadata exactly as its loader expects, then add
         # boothkit's description and move the file into place atomically.
-        with tempfile.TemporaryDirectory() as tmp:
-            model.pipeline_class().save_lora_weights(tmp, safe_serialization=True, **kwargs)
-            tensors = load_file(f"{tmp}/{LORA_FILE}")
-            with safe_open(f"{tmp}/{LORA_FILE}", "pt") as f:
-                file_meta = dict(f.metadata() or {})
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                model.pipeline_class().save_lora_weights(tmp, safe_serialization=True, **kwargs)
+                tensors = load_file(f"{tmp}/{LORA_FILE}")
+                with safe_open(f"{tmp}/{LORA_FILE}", "pt") as f:
+                    file_meta = dict(f.metadata() or {})
+        except (OSError, SafetensorError) as e:  # the system's temporary folder is full or unwritable
+            raise write_failure(out_dir / LORA_FILE, e) from None
         file_meta.update(metadata)
         file_meta["boothkit"] = json.dumps({k: v for k, v in metadata.items()}, sort_keys=True)
         return [atomic_save_safetensors(tensors, out_dir / LORA_FILE, file_meta)]
