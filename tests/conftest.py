@@ -36,8 +36,11 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory):
     built: dict[str, Path] = {}
 
     def get(family: str) -> Path:
+        """sd1, sd2, sdxl, flux1 (guidance-distilled, as Flux.1-dev) or flux1-schnell (no guidance input)."""
         if family not in built:
-            built[family] = build_tiny_pipeline(family, tmp_path_factory.mktemp(f"tiny_{family}"))  # type: ignore[arg-type]
+            folder = tmp_path_factory.mktemp(f"tiny_{family}")
+            name, _, variant = family.partition("-")
+            built[family] = build_tiny_pipeline(name, folder, distilled_guidance=variant != "schnell")  # type: ignore[arg-type]
         return built[family]
 
     return get

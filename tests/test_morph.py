@@ -43,10 +43,10 @@ def _one_thread():
 
 
 @pytest.fixture(scope="module")
-def sd1_pipe(tiny_model):
-    from boothkit.studies import Renderer
+def sd1(tiny_model):
+    from boothkit.pipelines import Sampler
 
-    return Renderer.load(str(tiny_model("sd1"))).pipe
+    return Sampler.open(str(tiny_model("sd1")))
 
 
 def unit(v: torch.Tensor) -> torch.Tensor:
@@ -129,11 +129,11 @@ def test_frame_latents_wrap_exactly_and_hit_the_keyframes() -> None:
         frame_latents(keys[:1], 6)
 
 
-def test_keyframes_are_the_noise_generate_starts_from(sd1_pipe) -> None:
+def test_keyframes_are_the_noise_generate_starts_from(sd1) -> None:
     """Keyframe s renders the image `generate --seed s` makes (same noise, same embedding)."""
     latent = keyframe_latents([7], (1, 4, 8, 8))
-    frame = render_frames(sd1_pipe, "a photo of sks dog", latent, **FAST)[0]
-    direct = sd1_pipe(
+    frame = render_frames(sd1.family, sd1.pipe, "a photo of sks dog", latent, **FAST)[0]
+    direct = sd1.pipe(
         "a photo of sks dog",
         num_inference_steps=2,
         width=32,
@@ -143,13 +143,13 @@ def test_keyframes_are_the_noise_generate_starts_from(sd1_pipe) -> None:
     assert np.array_equal(pixels(frame), pixels(direct))
 
 
-def test_rendered_loop_is_seamless(sd1_pipe) -> None:
+def test_rendered_loop_is_seamless(sd1) -> None:
     n = 4
     keys = keyframe_latents([0, 1], (1, 4, 8, 8))
-    frames = render_frames(sd1_pipe, "a sks dog", frame_latents(keys, n, range(n + 1)), **FAST)
+    frames = render_frames(sd1.family, sd1.pipe, "a sks dog", frame_latents(keys, n, range(n + 1)), **FAST)
     assert np.array_equal(pixels(frames[0]), pixels(frames[n]))
     assert not np.array_equal(pixels(frames[0]), pixels(frames[1]))
-    batched = render_frames(sd1_pipe, "a sks dog", frame_latents(keys, n), batch_size=3, **FAST)
+    batched = render_frames(sd1.family, sd1.pipe, "a sks dog", frame_latents(keys, n), batch_size=3, **FAST)
     assert all(
         np.abs(pixels(x).astype(int) - pixels(y)).max() <= 1 for x, y in zip(frames, batched, strict=False)
     )

@@ -1,4 +1,4 @@
-"""boothkit: DreamBooth personalisation of Stable Diffusion 1.x, 2.x and SDXL.
+"""boothkit: DreamBooth personalisation of Stable Diffusion 1.x, 2.x, SDXL and Flux.1.
 
 Importing the package is cheap: torch and diffusers load only when a function that needs them runs.
 """

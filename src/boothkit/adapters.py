@@ -24,7 +24,6 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from boothkit.data.captions import names_token
 from boothkit.errors import BoothkitError
 from boothkit.families import (
     FAMILY_NAMES,
@@ -36,6 +35,7 @@ from boothkit.families import (
 from boothkit.files import CHECKPOINT_MANIFEST, CHECKPOINT_WEIGHTS, EMBEDDINGS_FILE, LORA_FILE
 from boothkit.flags import Number
 from boothkit.metadata import read_metadata, trained_family, trained_token
+from boothkit.templates import names_token
 
 # Why a LoRA does not fit a base model, as both refusals say.
 _WRONG_FAMILY = "a LoRA only fits the model family it was trained for (SD 1.x, SD 2.x or SDXL)"

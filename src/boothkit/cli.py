@@ -327,7 +327,12 @@ def _sampling_flags(
     q.add_argument("--negative", default="", help="negative prompt")
     q.add_argument("--seed", type=int, default=0, help=seed)
     q.add_argument("--steps", type=int, default=30, help="denoising steps (default 30)")
-    _number_flag(q, "--guidance", 7.5, "classifier-free guidance scale (default 7.5)", at_least=0)
+    q.add_argument(
+        "--guidance",
+        type=Number(at_least=0, example=7.5),
+        default=None,
+        help="guidance scale (default: the model's: 7.5 for SD, 3.5 for Flux.1, whose guidance is distilled)",
+    )
     q.add_argument(
         "--width", type=int, default=None, help="image width in pixels (default: the model's size)"
     )
@@ -348,7 +353,7 @@ def _sampling_flags(
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="boothkit",
-        description="DreamBooth for Stable Diffusion 1.x, 2.x and SDXL: LoRA with prior preservation.",
+        description="DreamBooth for Stable Diffusion 1.x, 2.x, SDXL and Flux.1: LoRA with prior preservation.",
     )
     parser.add_argument("--version", action="version", version=f"boothkit {__version__}")
     common = argparse.ArgumentParser(add_help=False)

@@ -19,11 +19,14 @@ else:  # pragma: no cover
 
 import tomli_w
 
-from boothkit.data.captions import names_token
 from boothkit.errors import BoothkitError
 from boothkit.flags import check_numbers, option
+from boothkit.templates import names_token
 
 Method = Literal["lora", "full", "ti", "pivotal"]
+# How rectified-flow training draws its sigmas, and weighs the loss per sigma (boothkit.objectives).
+TimestepSampling = Literal["uniform", "logit_normal", "mode"]
+LossWeighting = Literal["none", "sigma_sqrt", "cosmap"]
 METHODS: tuple[str, ...] = get_args(Method)
 Precision = Literal["no", "fp16", "bf16"]
 LRSchedule = Literal[
@@ -124,8 +127,12 @@ class TrainConfig:
     class_steps: int = option(
         "sampling steps when generating class images", section="prior", above=0, default=30
     )
-    class_guidance: float = option(
-        "guidance scale when generating class images", section="prior", at_least=0, default=7.5
+    class_guidance: float | None = option(
+        "guidance scale when generating class images (default: the model's: 7.5 for SD, 3.5 for Flux.1)",
+        section="prior",
+        at_least=0,
+        example=7.5,
+        default=None,
     )
     class_negative: str = option("negative prompt when generating class images", section="prior", default="")
     class_batch_size: int = option(
@@ -142,8 +149,11 @@ class TrainConfig:
         "LoRA alpha (default: the rank)", section="method", above=0, example=16, default=None
     )
     lora_dropout: float = option("LoRA dropout", section="method", at_least=0, below=1, default=0.0)
-    target_modules: tuple[str, ...] = option(
-        "UNet modules that get LoRA", section="method", default=("to_k", "to_q", "to_v", "to_out.0")
+    target_modules: tuple[str, ...] | None = option(
+        "denoiser modules that get LoRA (default: the family's, as its reference script: the UNet's "
+        "attention to_q to_k to_v to_out.0; Flux's attention, added projections and feed-forwards)",
+        section="method",
+        default=None,
     )
     train_text_encoder: bool = option(
         "also train the text encoder(s) with LoRA on --text-encoder-targets", section="method", default=False
@@ -213,7 +223,60 @@ class TrainConfig:
     snr_gamma: float | None = option(
         "min-SNR-gamma loss weighting (e.g. 5.0)", section="optimisation", above=0, example=5, default=None
     )
-    noise_offset: float = option("noise offset (e.g. 0.05)", section="optimisation", at_least=0, default=0.0)
+    noise_offset: float = option(
+        "noise offset (e.g. 0.05; DDPM families)", section="optimisation", at_least=0, default=0.0
+    )
+    # Rectified flow (Flux, SD 3.5, ...): None means the family's default, its reference script's.
+    timestep_sampling: TimestepSampling | None = option(
+        "flow families: how training sigmas are drawn: uniform, logit_normal, mode (default: uniform)",
+        section="optimisation",
+        default=None,
+    )
+    logit_mean: float | None = option(
+        "flow families: mean of logit_normal sampling (default 0)",
+        section="optimisation",
+        example=0,
+        default=None,
+    )
+    logit_std: float | None = option(
+        "flow families: std of logit_normal sampling (default 1)",
+        section="optimisation",
+        above=0,
+        example=1,
+        default=None,
+    )
+    mode_scale: float | None = option(
+        "flow families: scale of mode sampling (default 1.29)",
+        section="optimisation",
+        example=1.29,
+        default=None,
+    )
+    loss_weighting: LossWeighting | None = option(
+        "flow families: loss weight per sigma: none, sigma_sqrt, cosmap (default: none)",
+        section="optimisation",
+        default=None,
+    )
+    flow_shift: float | None = option(
+        "flow families: shift the training sigmas by this factor, as SD 3's sampler does with 3.0 "
+        "(default: the model's own training sigmas)",
+        section="optimisation",
+        above=0,
+        example=3.0,
+        default=None,
+    )
+    flow_shift_by_resolution: bool = option(
+        "flow families: shift the training sigmas by the image's size, as Flux's sampler does",
+        section="optimisation",
+        default=False,
+    )
+    train_guidance: float | None = option(
+        "guidance-distilled models (Flux.1-dev): the guidance scale the transformer is given while it "
+        "trains (default: 3.5)",
+        section="optimisation",
+        at_least=0,
+        example=3.5,
+        default=None,
+    )
     mixed_precision: Precision = option(
         "mixed precision for the frozen weights and the forward pass", section="precision", default="no"
     )

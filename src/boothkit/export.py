@@ -491,6 +491,14 @@ def load_lora_file(src: Path) -> LoraFile:
             f"{path} is not a valid .safetensors file ({str(e).splitlines()[0][:200]})"
         ) from None
     layout = lora_layout(tensors)
+    if layout is None and (
+        metadata.get("boothkit_family") == "flux1" or any(k.startswith("transformer.") for k in tensors)
+    ):
+        raise BoothkitError(
+            f"{path} is a LoRA of a transformer model (Flux.1): boothkit export converts and merges SD 1.x, "
+            "SD 2.x and SDXL LoRAs so far",
+            hint="use the file as it is: diffusers loads it (pipe.load_lora_weights), and so does boothkit generate",
+        )
     if layout is None:
         sample = ", ".join(list(tensors)[:3]) or "no tensors"
         raise BoothkitError(

@@ -53,7 +53,7 @@ def generate(
     seed: int = 0,
     num_images: int = 1,
     steps: int = 30,
-    guidance: float = 7.5,
+    guidance: float | None = None,
     width: int | None = None,
     height: int | None = None,
     scheduler: str | None = None,
@@ -73,6 +73,7 @@ def generate(
     )
     pipe = sampler.use(adapters, prompt)
     width, height = sampler.size(width, height)
+    guidance = sampler.guidance(guidance)
     out = Path(output).expanduser()
     first = next_image_number(out)
     paths = []

@@ -77,7 +77,9 @@ def dreambooth_loss(
     optional per-sample weights (min-SNR). Each term is the mean over its own samples, so the
     balance does not depend on how many of each the batch holds.
     """
-    per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))  # (B,)
+    per_sample = (
+        F.mse_loss(prediction.float(), target.float(), reduction="none").flatten(1).mean(dim=1)
+    )  # (B,)
     if weights is not None:
         per_sample = per_sample * weights
     instance = per_sample[~is_prior].mean()

@@ -21,7 +21,18 @@ from boothkit.families.base import FamilyName
 from boothkit.files import CHECKPOINT_WEIGHTS
 
 # kohya's `ss_base_model_version` per family, and back.
-_SS_VERSIONS: dict[str, str] = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
+_SS_VERSIONS: dict[str, str] = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0", "flux1": "flux1"}
+# The SAI model-spec architecture of each family (kohya sd-scripts' names), and its reference code.
+_ARCHITECTURES: dict[str, str] = {
+    "sd1": "stable-diffusion-v1",
+    "sd2": "stable-diffusion-v2-512",
+    "sdxl": "stable-diffusion-xl-v1-base",
+    "flux1": "flux-1-dev",
+}
+_IMPLEMENTATIONS: dict[str, str] = {
+    "sdxl": "https://github.com/Stability-AI/generative-models",
+    "flux1": "https://github.com/black-forest-labs/flux",
+}
 SS_FAMILIES: dict[str, str] = {**{v: k for k, v in _SS_VERSIONS.items()}, "sd_v2_v": "sd2"}
 
 
@@ -57,11 +68,7 @@ def lora_metadata(
     v_pred = prediction_type in ("v_prediction", "v")
     trigger = " ".join(w for w in (token, class_noun) if w)
     name = output_name or "_".join(w for w in (token, class_noun) if w) or "boothkit_lora"
-    arch = {
-        "sd1": "stable-diffusion-v1",
-        "sd2": "stable-diffusion-v2-768-v" if v_pred else "stable-diffusion-v2-512",
-        "sdxl": "stable-diffusion-xl-v1-base",
-    }[family]
+    arch = "stable-diffusion-v2-768-v" if family == "sd2" and v_pred else _ARCHITECTURES[family]
     meta: dict[str, Any] = {
         "boothkit_version": boothkit_version,
         "boothkit_base_model": base_model,
@@ -89,12 +96,10 @@ def lora_metadata(
         # SAI model spec, read by ComfyUI and model sites.
         "modelspec.sai_model_spec": "1.0.0",
         "modelspec.architecture": f"{arch}/lora",
-        "modelspec.implementation": "https://github.com/Stability-AI/generative-models"
-        if family == "sdxl"
-        else "diffusers",
+        "modelspec.implementation": _IMPLEMENTATIONS.get(family, "diffusers"),
         "modelspec.title": name,
         "modelspec.resolution": f"{resolution}x{resolution}",
-        "modelspec.prediction_type": "v" if v_pred else "epsilon",
+        "modelspec.prediction_type": {"flow": "flow"}.get(prediction_type, "v" if v_pred else "epsilon"),
         "modelspec.date": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
     }
     if trigger:

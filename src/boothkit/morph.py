@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from boothkit.adapters import Adapter
 from boothkit.errors import BoothkitError
+from boothkit.families import Family
 from boothkit.io import atomic_write
 from boothkit.pipelines import Sampler, check_scheduler
 
@@ -122,26 +123,9 @@ def gif_durations(n_frames: int, fps: float) -> list[int]:
 # ----------------------------------------------------------------------------- rendering
 
 
-def _encode(pipe: Any, prompt: str, negative: str, guidance: float, device: Any) -> dict[str, Any]:
-    """The prompt embedding once, as pipeline keyword arguments (SD returns 2 tensors, SDXL 4)."""
-    encoded = pipe.encode_prompt(
-        prompt=prompt,
-        device=device,
-        num_images_per_prompt=1,
-        do_classifier_free_guidance=guidance > 1,
-        negative_prompt=negative or None,
-    )
-    names = [
-        "prompt_embeds",
-        "negative_prompt_embeds",
-        "pooled_prompt_embeds",
-        "negative_pooled_prompt_embeds",
-    ]
-    return {k: v for k, v in zip(names, encoded, strict=False) if v is not None}
-
-
 @torch.no_grad()
 def render_frames(
+    family: Family,
     pipe: Any,
     prompt: str,
     latents: Sequence[torch.Tensor],
@@ -162,8 +146,7 @@ def render_frames(
     """
     if batch_size <= 0:
         raise BoothkitError(f"--batch-size {batch_size} must be positive")
-    device = getattr(pipe, "_execution_device", "cpu")
-    embeds = _encode(pipe, prompt, negative, guidance, device)
+    embeds = family.prompt_embeddings(pipe, prompt, negative, guidance)
     frames: list[Image.Image] = []
     with tqdm(total=len(latents), disable=not progress, unit="frame", desc="morph") as bar:
         for start in range(0, len(latents), batch_size):
@@ -171,7 +154,7 @@ def render_frames(
             n = len(chunk)
             images = pipe(
                 **{k: v.repeat(n, *([1] * (v.dim() - 1))) for k, v in embeds.items()},
-                latents=torch.cat(chunk),
+                latents=family.starting_latents(torch.cat(chunk)),
                 num_inference_steps=steps,
                 guidance_scale=guidance,
                 width=width,
@@ -300,7 +283,7 @@ def morph(
     fps: float = 30.0,
     negative: str = "",
     steps: int = 30,
-    guidance: float = 7.5,
+    guidance: float | None = None,
     width: int | None = None,
     height: int | None = None,
     scheduler: str | None = None,
@@ -335,16 +318,18 @@ def morph(
     pipe = sampler.use(adapters, prompt)  # run folders, LoRA files and training checkpoints alike
     family = sampler.family
     width, height = sampler.size(width, height)
+    scale = sampler.guidance(guidance)
     factor = family.vae_scale_factor
-    shape = (1, int(family.unet.config.in_channels), height // factor, width // factor)
+    shape = (1, int(family.vae.config.latent_channels), height // factor, width // factor)
     latents = frame_latents(keyframe_latents(seeds, shape), n_frames)
     frames = render_frames(
+        family,
         pipe,
         prompt,
         latents,
         negative=negative,
         steps=steps,
-        guidance=guidance,
+        guidance=scale,
         width=width,
         height=height,
         noise_seed=seeds[0],

@@ -19,13 +19,13 @@ from PIL import Image
 from torch.utils.tensorboard import SummaryWriter
 
 from boothkit.config import TrainConfig
-from boothkit.data.captions import render_prompt
 from boothkit.families import Family
 from boothkit.files import CONFIG_FILE, LOGS_DIR, LOSS_PLOT, SAMPLES_DIR, SUMMARY_FILE, TRAIN_LOG
 from boothkit.grids import labelled_grid
 from boothkit.io import atomic_save_image, atomic_write_json, atomic_write_text
 from boothkit.methods import get_method
 from boothkit.run import Run, TrainResult
+from boothkit.templates import render_prompt
 
 
 @torch.no_grad()
@@ -37,11 +37,11 @@ def sample_images(
     pipe.set_progress_bar_config(disable=True)
     rows = []
     # Frozen weights may be bf16/fp16 while the VAE (and a fully trained UNet) stay fp32.
-    dtypes = {model.unet.dtype, *(e.dtype for e in model.text_encoders)} - {torch.float32}
+    dtypes = {model.denoiser.dtype, *(e.dtype for e in model.text_encoders)} - {torch.float32}
     half = next(iter(dtypes), torch.float32)
     for prompt in prompts:
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-        with torch.autocast(model.unet.device.type, dtype=half, enabled=half != torch.float32):
+        with torch.autocast(model.denoiser.device.type, dtype=half, enabled=half != torch.float32):
             result = pipe(
                 [prompt] * len(seeds),
                 num_inference_steps=steps,
@@ -56,8 +56,8 @@ def sample_images(
 def save_samples(
     model: Family, config: TrainConfig, resolution: int, path: Path, step: int, token: str | None = None
 ) -> Path:
-    was_training = model.unet.training
-    model.unet.eval()
+    was_training = model.denoiser.training
+    model.denoiser.eval()
     prompts = [
         render_prompt(p, token=token or config.token, class_noun=config.class_noun)
         for p in config.sample_prompts
@@ -66,7 +66,7 @@ def save_samples(
     grid = labelled_grid(
         rows, row_labels=prompts, col_labels=[f"seed {s}" for s in config.sample_seeds], title=f"step {step}"
     )
-    model.unet.train(was_training)
+    model.denoiser.train(was_training)
     return atomic_save_image(grid, path)
 
 

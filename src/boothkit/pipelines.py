@@ -100,6 +100,10 @@ class Sampler:
             self._checked.add(prompt)
         return self.pipe
 
+    def guidance(self, scale: float | None) -> float:
+        """``scale``, or the model's own default guidance when None."""
+        return self.family.default_guidance if scale is None else scale
+
     def size(self, width: int | None, height: int | None) -> tuple[int, int]:
         return image_size(self.family, width, height)
 

@@ -178,10 +178,15 @@ def _common(tokenizer: Any, piece: str) -> bool:
 
 
 def token_warnings(model: Family, token: str) -> list[str]:
-    """A token that splits into pieces, or is a common word, binds the subject to other meanings."""
+    """A token that splits into pieces, or is a common word, binds the subject to other meanings.
+
+    Judged by the model's CLIP tokenizers, whose byte-pair ranks say how common a word is; a
+    SentencePiece tokenizer (Flux's T5) splits nearly every rare word, so its pieces say nothing.
+    """
+    clip = [t for t in model.tokenizers if "CLIP" in type(t).__name__]
 
     def ok(candidate: str) -> bool:
-        for tokenizer in model.tokenizers:
+        for tokenizer in clip:
             pieces = tokenizer.tokenize(candidate)
             if len(pieces) != 1 or _common(tokenizer, pieces[0]):
                 return False
@@ -193,7 +198,7 @@ def token_warnings(model: Family, token: str) -> list[str]:
     hint = (
         f"rarer single-piece tokens: {', '.join(suggestions)}" if suggestions else "try a short nonsense word"
     )
-    for tokenizer in model.tokenizers:
+    for tokenizer in clip:
         pieces = tokenizer.tokenize(token)
         if len(pieces) != 1:
             return [

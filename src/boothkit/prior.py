@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from boothkit.config import TrainConfig
-from boothkit.data.captions import instance_prompts, render_prompt
+from boothkit.data.captions import instance_prompts
 from boothkit.data.images import check_folder
 from boothkit.errors import BoothkitError
 from boothkit.families import Family
@@ -33,6 +33,7 @@ from boothkit.io import (
     write_failure,
 )
 from boothkit.locks import Lock
+from boothkit.templates import render_prompt
 
 BANK_MANIFEST = "bank.json"
 
@@ -218,7 +219,7 @@ def class_images(
         resolution=resolution,
         sampler=type(model.pipeline().scheduler).__name__,
         steps=config.class_steps,
-        guidance=config.class_guidance,
+        guidance=config.class_guidance if config.class_guidance is not None else model.default_guidance,
         seed=config.seed,
     )
     pipe = model.pipeline()

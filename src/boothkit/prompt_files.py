@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from boothkit.data.captions import render_prompt
 from boothkit.errors import BoothkitError
+from boothkit.templates import render_prompt
 
 # The DreamBooth paper used its "live subject" prompts (outfits, accessories) for dogs and cats.
 LIVE_CLASSES = frozenset({"dog", "cat", "dogs", "cats", "puppy", "kitten"})

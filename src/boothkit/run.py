@@ -30,6 +30,7 @@ from boothkit.files import CONFIG_FILE, RUN_MARKER
 from boothkit.io import atomic_write_json, atomic_write_text, environment_hint
 from boothkit.locks import Lock
 from boothkit.methods import TrainingMethod
+from boothkit.objectives import Objective
 
 COMPLETE = "complete"
 
@@ -41,6 +42,7 @@ class Run:
     config: TrainConfig
     out: Path
     model: Family
+    objective: Objective
     method: TrainingMethod
     device: torch.device
     weight_dtype: torch.dtype
@@ -59,8 +61,7 @@ class Run:
     skipped: list[str] = field(default_factory=list)  # files --skip-invalid left out, 'file: reason'
 
     def trainable_modules(self) -> dict[str, torch.nn.Module]:
-        names = ["unet", *self.model.text_encoder_lora_prefixes()]
-        return dict(zip(names, [self.model.unet, *self.model.text_encoders], strict=True))
+        return {self.model.denoiser_name: self.model.denoiser, **self.model.trainable_text_encoders()}
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         state = {name: p.detach() for name, p in named_trainable(self.trainable_modules())}

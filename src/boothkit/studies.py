@@ -32,12 +32,12 @@ from PIL.PngImagePlugin import PngInfo
 from tqdm.auto import tqdm
 
 from boothkit.adapters import Adapter, parse_adapter, run_words
-from boothkit.data.captions import render_prompt
 from boothkit.errors import BoothkitError
 from boothkit.grids import labelled_grid
 from boothkit.io import atomic_save_image
 from boothkit.pipelines import Sampler, check_scheduler
 from boothkit.prompt_files import load_prompts
+from boothkit.templates import render_prompt
 
 KINDS = ("guidance", "seeds", "styles", "prompts", "compare", "token")
 DEFAULT_GUIDANCE = (1.5, 3.0, 7.5, 12.0, 20.0)
@@ -69,7 +69,7 @@ class Sampling:
 
     negative: str = ""
     steps: int = 30
-    guidance: float = 7.5
+    guidance: float | None = None  # None: the model's own default
     width: int | None = None
     height: int | None = None
 
@@ -280,7 +280,7 @@ def seeds_study(
 ) -> Study:
     """One row, one column per seed: what varies here is only the starting noise."""
     seeds = _nonempty(seeds, "seeds")
-    cells = [[Cell(prompt, s, sampling.guidance, tuple(adapters)) for s in seeds]]
+    cells = [[Cell(prompt, s, renderer.sampler.guidance(sampling.guidance), tuple(adapters)) for s in seeds]]
     return render_study(
         renderer,
         "seeds",
@@ -317,7 +317,15 @@ def styles_study(
             hint=f"for example {STYLE_TEMPLATE!r}",
         )
     cells = [
-        [Cell(style_prompt(prompt, st, template), s, sampling.guidance, tuple(adapters)) for st in styles]
+        [
+            Cell(
+                style_prompt(prompt, st, template),
+                s,
+                renderer.sampler.guidance(sampling.guidance),
+                tuple(adapters),
+            )
+            for st in styles
+        ]
         for s in _nonempty(seeds, "seeds")
     ]
     return render_study(
@@ -345,7 +353,10 @@ def prompts_study(
     """Rows: prompts (a prompt file is long, rows keep the labels readable); columns: seeds."""
     prompts = _nonempty(prompts, "prompts")
     seeds = _nonempty(seeds, "seeds")
-    cells = [[Cell(p, s, sampling.guidance, tuple(adapters)) for s in seeds] for p in prompts]
+    cells = [
+        [Cell(p, s, renderer.sampler.guidance(sampling.guidance), tuple(adapters)) for s in seeds]
+        for p in prompts
+    ]
     return render_study(
         renderer,
         "prompts",
@@ -382,7 +393,10 @@ def compare_study(
     seeds = _nonempty(seeds, "seeds")
     columns = [(p, s) for p in prompts for s in seeds]
     labels = [p if len(seeds) == 1 else f"{p} ({_seed_label(s)})" for p, s in columns]
-    cells = [[Cell(p, s, sampling.guidance, r.adapters) for p, s in columns] for r in rows]
+    cells = [
+        [Cell(p, s, renderer.sampler.guidance(sampling.guidance), r.adapters) for p, s in columns]
+        for r in rows
+    ]
     return render_study(
         renderer,
         "compare",
@@ -432,7 +446,10 @@ def token_study(
     not learned the subject; if 'without' also shows the subject, the class has drifted."""
     with_token, without = token_prompts(prompt, token=token, class_noun=class_noun)
     seeds = _nonempty(seeds, "seeds")
-    cells = [[Cell(p, s, sampling.guidance, tuple(adapters)) for s in seeds] for p in (with_token, without)]
+    cells = [
+        [Cell(p, s, renderer.sampler.guidance(sampling.guidance), tuple(adapters)) for s in seeds]
+        for p in (with_token, without)
+    ]
     return render_study(
         renderer,
         "token",

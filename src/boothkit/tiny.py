@@ -18,13 +18,24 @@ import torch
 from diffusers import (
     AutoencoderKL,
     EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    FluxTransformer2DModel,
     PNDMScheduler,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
-from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import (  # type: ignore[attr-defined]  # T5TokenizerFast: T5Tokenizer's alias in 5.x
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    T5Config,
+    T5EncoderModel,
+    T5TokenizerFast,
+)
 
 from boothkit.families.base import FamilyName
 
@@ -108,9 +119,34 @@ def _text_encoder_config(tokenizer, hidden: int = 32, projection: int = 32):
     )
 
 
-def _vae():
+def _t5_tokenizer(corpus: Iterable[str]) -> T5TokenizerFast:
+    """A T5-style tokenizer (SentencePiece-like unigram, lower-cased, ``</s>`` appended) trained on
+    ``corpus``, built here so that nothing comes from a hub."""
+    tokenizer = Tokenizer(models.Unigram())
+    tokenizer.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    tokenizer.decoder = decoders.Metaspace()
+    trainer = trainers.UnigramTrainer(
+        vocab_size=400, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>", show_progress=False
+    )
+    tokenizer.train_from_iterator(list(corpus) * 20, trainer)
+    eos = tokenizer.token_to_id("</s>")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", eos)]
+    )
+    return T5TokenizerFast(
+        tokenizer_object=tokenizer,
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        model_max_length=512,
+    )
+
+
+def _vae(**scaling: float):
     # Three blocks: a scale factor of 4 (real SD: 8), so 32 px images give 8x8 latents.
     return AutoencoderKL(
+        **scaling,
         in_channels=3,
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * 3,
@@ -135,13 +171,19 @@ def _noise_schedule() -> dict[str, object]:
 
 
 def build_tiny_pipeline(
-    family: FamilyName, out_dir: str | Path, *, seed: int = 0, corpus: Iterable[str] = DEFAULT_CORPUS
+    family: FamilyName,
+    out_dir: str | Path,
+    *,
+    seed: int = 0,
+    corpus: Iterable[str] = DEFAULT_CORPUS,
+    distilled_guidance: bool = True,
 ) -> Path:
     """Write a tiny diffusers pipeline folder of the given family to `out_dir` and return its path.
 
     sd1: epsilon prediction, PNDM scheduler (as SD 1.5 ships); sd2: v-prediction, linear attention
     projections, Euler (as SD 2.1-768 ships); sdxl: two text encoders, pooled embedding and
-    size/crop time ids, Euler.
+    size/crop time ids, Euler; flux1: CLIP + T5, a Flux transformer, flow matching (Flux.1-dev's
+    guidance embedding unless ``distilled_guidance=False``, as schnell).
     """
     out = Path(out_dir)
     corpus = tuple(corpus)
@@ -189,7 +231,7 @@ def build_tiny_pipeline(
         tokenizer_2 = _load_tokenizer(corpus)
         # The second encoder is wider, as in real SDXL (768 vs 1280): single-file loaders tell the two
         # apart by width.
-        text_encoder_2 = CLIPTextModelWithProjection(
+        text_encoder_2: Any = CLIPTextModelWithProjection(
             _text_encoder_config(tokenizer_2, hidden=48, projection=40)
         )
         time_dim = 8
@@ -214,6 +256,49 @@ def build_tiny_pipeline(
             tokenizer_2=tokenizer_2,
             unet=unet,
             scheduler=scheduler,
+        )
+    elif family == "flux1":
+        # Flux.1: CLIP (pooled) + T5 (states), a transformer on 2x2-packed 16-channel-wide tokens of
+        # 4-channel latents, guidance-distilled like Flux.1-dev (schnell: distilled_guidance=False).
+        text_encoder = CLIPTextModel(_text_encoder_config(tokenizer))
+        tokenizer_2 = _t5_tokenizer(corpus)
+        text_encoder_2 = T5EncoderModel(
+            T5Config(
+                vocab_size=len(tokenizer_2),
+                d_model=32,
+                d_kv=8,
+                d_ff=64,
+                num_layers=2,
+                num_heads=4,
+                relative_attention_num_buckets=8,
+                pad_token_id=tokenizer_2.pad_token_id,
+                eos_token_id=tokenizer_2.eos_token_id,
+            )
+        )
+        transformer = FluxTransformer2DModel(
+            patch_size=1,
+            in_channels=16,
+            num_layers=1,
+            num_single_layers=1,
+            attention_head_dim=16,
+            num_attention_heads=2,
+            joint_attention_dim=32,
+            pooled_projection_dim=32,
+            guidance_embeds=distilled_guidance,
+            axes_dims_rope=(4, 6, 6),
+        )
+        flux_vae = _vae(shift_factor=0.1159, scaling_factor=0.3611)  # Flux's VAE shifts, then scales
+        scheduler = FlowMatchEulerDiscreteScheduler(
+            shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15
+        )
+        pipe = FluxPipeline(
+            scheduler=scheduler,
+            vae=flux_vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            text_encoder_2=text_encoder_2,
+            tokenizer_2=tokenizer_2,
+            transformer=transformer,
         )
     else:
         raise ValueError(f"unknown tiny family {family!r}; choose one of {TINY_FAMILIES}")

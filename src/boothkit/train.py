@@ -34,21 +34,16 @@ from boothkit.checkpoint import (
 )
 from boothkit.config import TrainConfig
 from boothkit.data.cache import CachedImage, encode_images, encode_prompt_set
-from boothkit.data.captions import instance_prompts, render_prompt
+from boothkit.data.captions import instance_prompts
 from boothkit.data.images import images_hash, parse_color
 from boothkit.data.order import batch_latents, bucket_sizes, take
 from boothkit.errors import BoothkitError, TrainingInterrupted, WriteError
-from boothkit.families import Conditioning, Family, LoadOptions, load_model, prompt_fit
+from boothkit.families import FAMILY_NAMES, Conditioning, Family, LoadOptions, load_model, prompt_fit
 from boothkit.files import LOSS_PLOT, SAMPLES_DIR, step_name
 from boothkit.guards import StopFlag, estimate_disk, is_oom, oom_message
 from boothkit.losses import (
     LossTerms,
-    compute_snr,
     dreambooth_loss,
-    min_snr_weights,
-    sample_noise,
-    sample_timesteps,
-    training_target,
 )
 from boothkit.metadata import run_metadata
 from boothkit.methods import TrainingMethod, get_method
@@ -56,6 +51,7 @@ from boothkit.outputs import RunLogger, save_samples, write_summary
 from boothkit.preflight import Preflight, preflight, refuse_changed_run, resolve_device, token_warnings
 from boothkit.prior import class_images, prior_prompts
 from boothkit.run import Run, RunFolder, TrainResult, open_run
+from boothkit.templates import render_prompt
 
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -90,6 +86,14 @@ def prepare(
             allow_pickle=config.allow_pickle,
         )
         model = load_model(config.model, options)
+    objective = model.objective(config)  # refuses settings that do not apply to this family
+    method: TrainingMethod = get_method(config.method)
+    if method.learns_tokens and not model.learns_tokens:
+        raise BoothkitError(
+            f"--method {config.method} is not available for {FAMILY_NAMES[model.name]} yet: boothkit cannot "
+            "learn a new token for its text encoders",
+            hint="use --method lora (the default) or --method full",
+        )
     warnings = token_warnings(model, config.token)
     for w in warnings:
         log(f"warning: {w}")
@@ -108,10 +112,9 @@ def prepare(
         log(f"skipped (--skip-invalid): {skipped}")
 
     # Frozen weights in the compute dtype; the method keeps its trainable weights in fp32.
-    model.unet.to(dtype=weight_dtype)
+    model.denoiser.to(dtype=weight_dtype)
     for encoder in model.text_encoders:
         encoder.to(dtype=weight_dtype)
-    method: TrainingMethod = get_method(config.method)
     groups = method.setup(model, config)
 
     token = method.prompt_token(config.token)
@@ -162,11 +165,11 @@ def prepare(
     }
     embeddings = {} if method.trains_text_encoder else encode_prompt_set(model, [*prompts, *class_prompts])
     if config.gradient_checkpointing:
-        model.unet.enable_gradient_checkpointing()
+        model.denoiser.enable_gradient_checkpointing()
         if method.trains_text_encoder:
             for encoder in model.text_encoders:
                 encoder.gradient_checkpointing_enable()
-    model.unet.train()
+    model.denoiser.train()
 
     optimizer = make_optimizer(groups, config)
     lr_scheduler = get_scheduler(
@@ -176,6 +179,7 @@ def prepare(
         config=config,
         out=out,
         model=model,
+        objective=objective,
         method=method,
         device=device,
         weight_dtype=weight_dtype,
@@ -235,13 +239,7 @@ def micro_step(run: Run, batch: list[CachedImage], generator: torch.Generator, a
     """Forward and backward for one micro-batch; gradients accumulate in the trainable parameters."""
     model, config, device = run.model, run.config, run.device
     latents, time_ids = batch_latents(batch, model, generator, config.flip)  # (N, C, h, w), (N, k)
-    latents = latents.to(device)
-    noise = sample_noise(latents, generator, offset=config.noise_offset)
-    timesteps = sample_timesteps(len(batch), model.noise_scheduler.config.num_train_timesteps, generator).to(
-        device
-    )
-    noisy = model.noise_scheduler.add_noise(latents, noise, timesteps)
-    target = training_target(model.noise_scheduler, latents, noise, timesteps)
+    noised = run.objective.noised(latents.to(device), generator)
     texts = [item.prompt for item in batch]
     is_prior = torch.tensor([item.is_prior for item in batch], device=device)
     with run.accelerator.autocast():
@@ -250,12 +248,10 @@ def micro_step(run: Run, batch: list[CachedImage], generator: torch.Generator, a
             if run.method.trains_text_encoder
             else Conditioning.cat([run.embeddings[t] for t in texts]).to(device, run.weight_dtype)
         )
-        prediction = model.predict(noisy.to(run.weight_dtype), timesteps, cond, time_ids)
-    weights = None
-    if config.snr_gamma:
-        snr = compute_snr(model.noise_scheduler.alphas_cumprod, timesteps)
-        weights = min_snr_weights(snr, config.snr_gamma, model.prediction_type)
-    terms = dreambooth_loss(prediction, target, is_prior, prior_weight=config.prior_weight, weights=weights)
+        prediction = model.predict(noised.noisy.to(run.weight_dtype), noised.timesteps, cond, time_ids)
+    terms = dreambooth_loss(
+        prediction, noised.target, is_prior, prior_weight=config.prior_weight, weights=noised.weights
+    )
     run.accelerator.backward(terms.total / accum)
     return terms
 
@@ -541,7 +537,7 @@ def save(
 ) -> TrainResult:
     """The method's weights, the last samples, the loss curve, summary.json; then the run is complete."""
     config, model = run.config, run.model
-    model.unet.eval()
+    model.denoiser.eval()
     common = run_metadata(
         config,
         family=model.name,

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from boothkit.data.captions import check_prompts_name_token, instance_prompts, read_captions, render_prompt
+from boothkit.data.captions import check_prompts_name_token, instance_prompts, read_captions
 from boothkit.errors import BoothkitError
+from boothkit.templates import render_prompt
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """Data: instance-photo checks and loading, aspect-ratio buckets, captions (and latent caches)."""
 
 from boothkit.data.buckets import assign_bucket, make_buckets
-from boothkit.data.captions import instance_prompts, read_captions, render_prompt
+from boothkit.data.captions import instance_prompts, read_captions
 from boothkit.data.images import (
     CheckReport,
     FileReport,
@@ -23,6 +23,5 @@ __all__ = [
     "make_buckets",
     "parse_color",
     "read_captions",
-    "render_prompt",
     "resize_and_crop",
 ]

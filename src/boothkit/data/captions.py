@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import string
 from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath
 
 from boothkit.data.images import CAPTION_SUFFIX, COMPANION_SUFFIXES, METADATA_FILE, SYSTEM_FOLDERS
 from boothkit.errors import BoothkitError
-
-PLACEHOLDERS = ("token", "class_noun")
+from boothkit.templates import names_token, render_prompt
 
 
 def _clean(text: str) -> str:
@@ -115,54 +112,11 @@ def read_captions(folder: str | Path) -> dict[str, str]:
     return {**_metadata_captions(root), **_sidecar_captions(root)}
 
 
-def render_prompt(template: str, *, token: str, class_noun: str | None) -> str:
-    """Substitute {token} and {class_noun} ({{ and }} are literal braces).
-
-    Any other {placeholder} raises BoothkitError naming it: a typo like {toekn} would otherwise
-    train on the literal text. With no class noun the gap it leaves is closed ("a {class_noun}
-    photo" -> "a photo", "sks {class_noun}, smiling" -> "sks, smiling").
-    """
-    values = {"token": token, "class_noun": class_noun or ""}
-    out: list[str] = []
-    for literal, name, spec, conversion in _fields(template):
-        out.append(literal)
-        if name is None:
-            continue
-        if name not in values or spec or conversion:
-            shown = name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "")
-            raise BoothkitError(
-                f"prompt {template!r} uses unknown placeholder {{{shown}}}",
-                hint="only {token} and {class_noun} are substituted; write {{ and }} for literal braces",
-            )
-        out.append(values[name])
-    text = "".join(out)
-    if not class_noun:
-        text = re.sub(r" +([,.;:!?])", r"\1", re.sub(r" {2,}", " ", text))
-    return text.strip()
-
-
 def _relative(path: Path, folder: Path) -> str | None:
     """path relative to folder (posix), comparing absolute forms; None when it lies outside."""
     rel = os.path.relpath(os.path.abspath(path), os.path.abspath(folder))
     outside = rel == os.pardir or rel.startswith(os.pardir + os.sep)
     return None if outside else Path(rel).as_posix()
-
-
-def names_token(prompt: str, token: str) -> bool:
-    """Whether a prompt template names the token: as ``{token}`` or as the word itself."""
-    if any(name == "token" for _, name, _, _ in _fields(prompt)):
-        return True
-    return re.search(rf"(?<!\w){re.escape(token)}(?!\w)", prompt) is not None
-
-
-def _fields(template: str) -> list[tuple[str, str | None, str | None, str | None]]:
-    """(literal text, placeholder name, spec, conversion) runs of a prompt template."""
-    try:
-        return list(string.Formatter().parse(template))
-    except ValueError as e:
-        raise BoothkitError(
-            f"prompt {template!r} has an unmatched brace ({e})", hint="write {{ and }} for literal braces"
-        ) from None
 
 
 def check_prompts_name_token(image_paths: Sequence[Path], folder: Path, *, template: str, token: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from dataclasses import dataclass
@@ -11,11 +12,13 @@ from typing import Any, Literal, Protocol
 import torch
 from diffusers import DiffusionPipeline
 
+from boothkit.config import TrainConfig
 from boothkit.errors import BoothkitError
+from boothkit.objectives import DDPM, Objective
 
-FamilyName = Literal["sd1", "sd2", "sdxl"]
+FamilyName = Literal["sd1", "sd2", "sdxl", "flux1"]
 # How messages name each family.
-FAMILY_NAMES: dict[str, str] = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL"}
+FAMILY_NAMES: dict[str, str] = {"sd1": "SD 1.x", "sd2": "SD 2.x", "sdxl": "SDXL", "flux1": "Flux.1"}
 PredictionType = Literal["epsilon", "v_prediction"]
 
 
@@ -67,26 +70,54 @@ class ModelSource:
 
 
 class Family(Protocol):
-    """A loaded base model of one family, with the family-specific pieces of training and sampling.
+    """A loaded base model of one family: its components, and the family-specific pieces of training
+    and sampling, so the loop never asks which family it has.
 
-    Implementations: `families.sd.SD` (SD 1.x / 2.x), `families.sdxl.SDXL`.
+    Implementations: `families.sd.SD` (SD 1.x / 2.x), `families.sdxl.SDXL`, `families.flux.Flux`.
     """
 
     name: FamilyName
     source: ModelSource
-    prediction_type: PredictionType
-    unet: Any
+    denoiser: Any  # the network that trains: a UNet or a transformer
+    denoiser_name: str  # its component name (unet, transformer): in pipelines, LoRA files and checkpoints
     vae: Any
     text_encoders: list[Any]
     tokenizers: list[Any]
-    noise_scheduler: Any  # DDPMScheduler with the model's training schedule
     extra_components: dict[str, Any]
+
+    @property
+    def prediction_type(self) -> str:
+        """What the denoiser predicts: epsilon, v_prediction or flow."""
+        ...
 
     @property
     def default_resolution(self) -> int: ...
 
     @property
     def vae_scale_factor(self) -> int: ...
+
+    @property
+    def default_guidance(self) -> float:
+        """The guidance scale sampling uses unless told otherwise (the model's pipeline's own)."""
+        ...
+
+    @property
+    def learns_tokens(self) -> bool:
+        """Whether textual inversion (and pivotal tuning) can learn a new token for this family: its
+        embeddings saved in a file the family's pipeline loads."""
+        ...
+
+    @property
+    def default_lora_targets(self) -> tuple[str, ...]:
+        """The denoiser's modules a LoRA adapts unless --target-modules says otherwise (each family's
+        reference training script's choice)."""
+        ...
+
+    def objective(self, config: TrainConfig) -> Objective:
+        """What training asks the denoiser to predict, with the run's settings of it (DDPM's min-SNR and
+        noise offset, rectified flow's sigma sampling and weighting); settings that do not apply to
+        this family are refused by name."""
+        ...
 
     def encode_prompts(self, prompts: list[str]) -> Conditioning:
         """Tokenise and encode; gradients flow when a text encoder is being trained."""
@@ -101,7 +132,8 @@ class Family(Protocol):
     def predict(
         self, noisy_latents: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning, time_ids: torch.Tensor
     ) -> torch.Tensor:
-        """The UNet's prediction (epsilon or v, as the model was trained)."""
+        """The denoiser's prediction for latents (B, C, h, w), in the same layout (a family that packs
+        latents into tokens packs and unpacks them here)."""
         ...
 
     def encode_images(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,9 +148,71 @@ class Family(Protocol):
 
     def pipeline_class(self) -> Any: ...
 
-    def text_encoder_lora_prefixes(self) -> list[str]:
-        """Names the pipeline's `save_lora_weights` uses for each text encoder's LoRA layers."""
+    def prompt_embeddings(self, pipe: Any, prompt: str, negative: str, guidance: float) -> dict[str, Any]:
+        """``prompt`` encoded once by the pipeline, as the keyword arguments its call takes (so frames
+        that share a prompt do not encode it again)."""
         ...
+
+    def starting_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """The pipeline's ``latents=`` argument for starting noise (B, C, h, w) (Flux packs it)."""
+        ...
+
+    def trainable_text_encoders(self) -> dict[str, Any]:
+        """The text encoders a run may train (a LoRA, a full fine-tune), by the names the pipeline's
+        `save_lora_weights` gives their layers (Flux trains its CLIP encoder, not T5)."""
+        ...
+
+
+# A UNet's LoRA targets as diffusers' DreamBooth scripts choose them: the attention projections.
+UNET_LORA_TARGETS: tuple[str, ...] = ("to_k", "to_q", "to_v", "to_out.0")
+# Settings of rectified-flow training, and of DDPM training: each family refuses the other kind's.
+FLOW_SETTINGS: tuple[str, ...] = (
+    "timestep_sampling",
+    "logit_mean",
+    "logit_std",
+    "mode_scale",
+    "loss_weighting",
+    "flow_shift",
+    "flow_shift_by_resolution",
+)
+DDPM_SETTINGS: tuple[str, ...] = ("snr_gamma", "noise_offset")
+
+
+def refuse_settings(config: TrainConfig, names: tuple[str, ...], family: str, why: str) -> None:
+    """Refuse ``names`` of ``config`` that are set (not their default) for a family they do not apply to."""
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    for name in names:
+        if getattr(config, name) != defaults[name]:
+            raise BoothkitError(
+                f"--{name.replace('_', '-')} does not apply to {FAMILY_NAMES.get(family, family)}: {why}",
+                hint=f"drop --{name.replace('_', '-')}",
+            )
+
+
+def ddpm_objective(family: str, scheduler: Any, config: TrainConfig) -> DDPM:
+    """The DDPM objective of a UNet family, with the run's min-SNR and noise offset."""
+    refuse_settings(config, FLOW_SETTINGS, family, "it is trained with DDPM noise, not rectified flow")
+    refuse_settings(config, ("train_guidance",), family, "it is not a guidance-distilled model")
+    return DDPM(scheduler, snr_gamma=config.snr_gamma, noise_offset=config.noise_offset)
+
+
+def unet_prompt_embeddings(pipe: Any, prompt: str, negative: str, guidance: float) -> dict[str, Any]:
+    """A UNet pipeline's prompt embedding as call arguments (SD's encode_prompt returns 2 tensors,
+    SDXL's 4: with and without the prompt, pooled or not)."""
+    encoded = pipe.encode_prompt(
+        prompt=prompt,
+        device=getattr(pipe, "_execution_device", "cpu"),
+        num_images_per_prompt=1,
+        do_classifier_free_guidance=guidance > 1,
+        negative_prompt=negative or None,
+    )
+    names = [
+        "prompt_embeds",
+        "negative_prompt_embeds",
+        "pooled_prompt_embeds",
+        "negative_pooled_prompt_embeds",
+    ]
+    return {k: v for k, v in zip(names, encoded, strict=False) if v is not None}
 
 
 def vae_scale_factor(vae: Any) -> int:

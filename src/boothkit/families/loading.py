@@ -21,12 +21,16 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from boothkit.errors import BoothkitError
-from boothkit.families.base import Family, FamilyName, LoadOptions, ModelSource, PredictionType
+from boothkit.families.base import FAMILY_NAMES, Family, FamilyName, LoadOptions, ModelSource
+from boothkit.families.flux import Flux
 from boothkit.families.sd import SD
 from boothkit.families.sdxl import SDXL
 from boothkit.families.single_file import detect_single_file_family
 
-SUPPORTED = "Stable Diffusion 1.x (StableDiffusionPipeline), 2.x (StableDiffusionPipeline) and SDXL (StableDiffusionXLPipeline)"
+SUPPORTED = (
+    "Stable Diffusion 1.x and 2.x (StableDiffusionPipeline), SDXL (StableDiffusionXLPipeline) and "
+    "Flux.1 dev / schnell (FluxPipeline)"
+)
 
 # Configs used for a single-file checkpoint when --model-config is not given (must be in the HF cache offline).
 DEFAULT_SINGLE_FILE_CONFIGS: dict[str, str] = {
@@ -114,8 +118,20 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise BoothkitError(f"{path} is not valid JSON: {e}") from None
 
 
-def detect_family(folder: Path) -> tuple[FamilyName, PredictionType]:
-    """Family and prediction type of a diffusers folder, from its config files."""
+# The pipelines of the flow-matching families boothkit trains, and of those it knows but does not (yet).
+FLOW_PIPELINES: dict[str, FamilyName] = {"FluxPipeline": "flux1"}
+KNOWN_UNSUPPORTED = {
+    "StableDiffusion3Pipeline": "SD 3.x",
+    "ZImagePipeline": "Z-Image",
+    "Flux2Pipeline": "Flux.2",
+    "QwenImagePipeline": "Qwen-Image",
+    "FluxKontextPipeline": "Flux.1 Kontext",
+    "FluxFillPipeline": "Flux.1 Fill",
+}
+
+
+def detect_family(folder: Path) -> tuple[FamilyName, str]:
+    """Family and prediction type (epsilon, v_prediction, flow) of a diffusers folder, from its configs."""
     index = _read_json(folder / "model_index.json")
     if not index:
         found = sorted(p.name for p in folder.iterdir())[:8] if folder.is_dir() else []
@@ -124,6 +140,22 @@ def detect_family(folder: Path) -> tuple[FamilyName, PredictionType]:
             hint="pass a diffusers pipeline folder, a hub id, or a single-file .safetensors checkpoint",
         )
     pipeline = str(index.get("_class_name", "?"))
+    if pipeline in FLOW_PIPELINES:
+        transformer = _read_json(folder / "transformer" / "config.json")
+        if transformer.get("in_channels", 64) != 4 * _read_json(folder / "vae" / "config.json").get(
+            "latent_channels", 16
+        ):
+            raise BoothkitError(
+                f"{folder}: its transformer takes {transformer.get('in_channels')} input channels, not the "
+                "text-to-image model's (a Fill, Depth or Kontext model?)",
+                hint=f"boothkit supports text-to-image {SUPPORTED}",
+            )
+        return FLOW_PIPELINES[pipeline], "flow"
+    if pipeline in KNOWN_UNSUPPORTED:
+        raise BoothkitError(
+            f"{folder} holds a {KNOWN_UNSUPPORTED[pipeline]} model ({pipeline}), which boothkit does not train yet",
+            hint=f"boothkit supports {SUPPORTED}",
+        )
     unet = _read_json(folder / "unet" / "config.json")
     scheduler = _read_json(folder / "scheduler" / "scheduler_config.json")
     prediction = scheduler.get("prediction_type", "epsilon")
@@ -160,12 +192,17 @@ def load_model(spec: str, options: LoadOptions | None = None) -> Family:
         else:
             check_safetensors(path)
             family, components, source = _load_single_file(spec, path, opts)
-        prediction: PredictionType = components["scheduler"].config.get("prediction_type", "epsilon")
+        prediction: str = components["scheduler"].config.get("prediction_type", "epsilon")
     else:
         family, prediction = detect_family(path)
         components = _load_folder(path, family, opts)
         source = ModelSource(spec=spec, path=path, fingerprint=fingerprint(path))
     if opts.prediction_type is not None:
+        if prediction == "flow":
+            raise BoothkitError(
+                f"--prediction-type does not apply to {FAMILY_NAMES[family]}: it is trained with rectified flow",
+                hint="drop --prediction-type",
+            )
         prediction = opts.prediction_type
     return _assemble(family, source, components, prediction, opts)
 
@@ -276,20 +313,23 @@ def _assemble(
     family: FamilyName,
     source: ModelSource,
     components: dict[str, Any],
-    prediction: PredictionType,
+    prediction: str,
     opts: LoadOptions,
 ) -> Family:
-    # Training uses the DDPM forward process with the model's own beta schedule and prediction type.
-    noise_scheduler = DDPMScheduler.from_config(components["scheduler"].config, prediction_type=prediction)
-    if components["scheduler"].config.get("prediction_type") != prediction:
-        components["scheduler"] = components["scheduler"].__class__.from_config(
-            components["scheduler"].config, prediction_type=prediction
-        )
-    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+    for name in ("unet", "transformer", "vae", "text_encoder", "text_encoder_2"):
         module = components.get(name)
         if isinstance(module, torch.nn.Module):
             module.requires_grad_(False)
             module.eval()
             module.to(opts.device)
+    if family == "flux1":
+        return Flux(family, source, components)
+    # Training uses the DDPM forward process with the model's own beta schedule and prediction type.
+    assert prediction in ("epsilon", "v_prediction")
+    noise_scheduler = DDPMScheduler.from_config(components["scheduler"].config, prediction_type=prediction)
+    if components["scheduler"].config.get("prediction_type") != prediction:
+        components["scheduler"] = components["scheduler"].__class__.from_config(
+            components["scheduler"].config, prediction_type=prediction
+        )
     cls = SDXL if family == "sdxl" else SD
-    return cls(family, source, components, noise_scheduler, prediction)
+    return cls(family, source, components, noise_scheduler, prediction)  # type: ignore[arg-type]

@@ -11,14 +11,19 @@ from typing import Any
 import torch
 from diffusers import StableDiffusionPipeline
 
+from boothkit.config import TrainConfig
 from boothkit.families.base import (
+    UNET_LORA_TARGETS,
     Conditioning,
     FamilyName,
     ModelSource,
     PredictionType,
+    ddpm_objective,
+    unet_prompt_embeddings,
     vae_posterior,
     vae_scale_factor,
 )
+from boothkit.objectives import Objective
 
 
 class SD:
@@ -33,6 +38,8 @@ class SD:
         self.name = name
         self.source = source
         self.unet = components["unet"]
+        self.denoiser = self.unet
+        self.denoiser_name = "unet"
         self.vae = components["vae"]
         self.text_encoders = [components["text_encoder"]]
         self.tokenizers = [components["tokenizer"]]
@@ -40,6 +47,16 @@ class SD:
         self.noise_scheduler = noise_scheduler
         self.prediction_type = prediction_type
         self.extra_components: dict[str, Any] = {}
+
+    learns_tokens = True
+    default_guidance = 7.5
+
+    @property
+    def default_lora_targets(self) -> tuple[str, ...]:
+        return UNET_LORA_TARGETS
+
+    def objective(self, config: TrainConfig) -> Objective:
+        return ddpm_objective(self.name, self.noise_scheduler, config)
 
     @property
     def vae_scale_factor(self) -> int:
@@ -78,6 +95,12 @@ class SD:
     def scale_latents(self, latents: torch.Tensor) -> torch.Tensor:
         return latents * self.vae.config.scaling_factor
 
+    def prompt_embeddings(self, pipe: Any, prompt: str, negative: str, guidance: float) -> dict[str, Any]:
+        return unet_prompt_embeddings(pipe, prompt, negative, guidance)
+
+    def starting_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        return latents
+
     def pipeline_class(self) -> Any:
         return StableDiffusionPipeline
 
@@ -93,5 +116,5 @@ class SD:
             requires_safety_checker=False,
         )
 
-    def text_encoder_lora_prefixes(self) -> list[str]:
-        return ["text_encoder"]
+    def trainable_text_encoders(self) -> dict[str, Any]:
+        return {"text_encoder": self.text_encoders[0]}

@@ -1,4 +1,8 @@
-"""SDXL: two text encoders (penultimate states concatenated), a pooled embedding, size/crop time ids."""
+"""SDXL: two text encoders (penultimate states concatenated), a pooled embedding, size/crop time ids.
+
+Everything else (the VAE, the DDPM objective, LoRA targets, sampling hooks) is SD's: SDXL is SD
+with these differences, so it extends :class:`~boothkit.families.sd.SD` rather than copying it.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +11,11 @@ from typing import Any
 import torch
 from diffusers import StableDiffusionXLPipeline
 
-from boothkit.families.base import (
-    Conditioning,
-    FamilyName,
-    ModelSource,
-    PredictionType,
-    vae_posterior,
-    vae_scale_factor,
-)
+from boothkit.families.base import Conditioning, FamilyName, ModelSource, PredictionType
+from boothkit.families.sd import SD
 
 
-class SDXL:
+class SDXL(SD):
     def __init__(
         self,
         name: FamilyName,
@@ -26,24 +24,9 @@ class SDXL:
         noise_scheduler: Any,
         prediction_type: PredictionType,
     ) -> None:
-        self.name = name
-        self.source = source
-        self.unet = components["unet"]
-        self.vae = components["vae"]
+        super().__init__(name, source, components, noise_scheduler, prediction_type)
         self.text_encoders = [components["text_encoder"], components["text_encoder_2"]]
         self.tokenizers = [components["tokenizer"], components["tokenizer_2"]]
-        self.inference_scheduler = components["scheduler"]
-        self.noise_scheduler = noise_scheduler
-        self.prediction_type = prediction_type
-        self.extra_components: dict[str, Any] = {}
-
-    @property
-    def vae_scale_factor(self) -> int:
-        return vae_scale_factor(self.vae)
-
-    @property
-    def default_resolution(self) -> int:
-        return int(self.unet.config.sample_size) * self.vae_scale_factor
 
     def encode_prompts(self, prompts: list[str]) -> Conditioning:
         # As StableDiffusionXLPipeline.encode_prompt: penultimate hidden states of both encoders,
@@ -82,12 +65,6 @@ class SDXL:
             return_dict=False,
         )[0]
 
-    def encode_images(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return vae_posterior(self.vae, pixels)
-
-    def scale_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        return latents * self.vae.config.scaling_factor
-
     def pipeline_class(self) -> Any:
         return StableDiffusionXLPipeline
 
@@ -102,5 +79,5 @@ class SDXL:
             scheduler=self.inference_scheduler,
         )
 
-    def text_encoder_lora_prefixes(self) -> list[str]:
-        return ["text_encoder", "text_encoder_2"]
+    def trainable_text_encoders(self) -> dict[str, Any]:
+        return {"text_encoder": self.text_encoders[0], "text_encoder_2": self.text_encoders[1]}

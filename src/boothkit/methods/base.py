@@ -32,6 +32,11 @@ class TrainingMethod(Protocol):
         ...
 
     @property
+    def learns_tokens(self) -> bool:
+        """Whether the method learns a new token's embedding (textual inversion, pivotal tuning)."""
+        ...
+
+    @property
     def standalone(self) -> bool:
         """Whether a run's result is a model of its own (``--model RUN``) rather than an adapter on
         its base model (``--lora RUN``)."""

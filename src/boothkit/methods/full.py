@@ -1,4 +1,4 @@
-"""Full fine-tune: every UNet weight trains (and, optionally, the text encoder(s)), as in the
+"""Full fine-tune: every weight of the denoiser trains (and, optionally, the text encoder(s)), as in the
 DreamBooth paper. Highest fidelity, largest output: a diffusers pipeline folder `model/` in the run
 folder (`DiffusionPipeline.from_pretrained(run/"model")`), optionally one single-file checkpoint.
 """
@@ -36,7 +36,7 @@ class FullFineTune:
     name = "full"
 
     def __init__(self) -> None:
-        self.unet_params: list[tuple[str, torch.nn.Parameter]] = []
+        self.denoiser_params: list[tuple[str, torch.nn.Parameter]] = []
         self.te_params: list[torch.nn.Parameter] = []
         self.te_stop_step: int | None = None
         self.ema: list[torch.Tensor] | None = None
@@ -45,6 +45,7 @@ class FullFineTune:
         self.save_single = False
 
     standalone = True
+    learns_tokens = False
 
     @property
     def trains_text_encoder(self) -> bool:
@@ -58,19 +59,20 @@ class FullFineTune:
 
     def setup(self, model: Family, config: TrainConfig) -> list[dict[str, Any]]:
         self.save_single = config.save_single_file
-        self.unet_params = list(model.unet.named_parameters())
+        self.denoiser_params = list(model.denoiser.named_parameters())
         groups: list[dict[str, Any]] = [
-            {"params": fp32_trainable([p for _, p in self.unet_params]), "lr": config.lr}
+            {"params": fp32_trainable([p for _, p in self.denoiser_params]), "lr": config.lr}
         ]
         if config.train_text_encoder:
             self._train_te = True
-            self.te_params = fp32_trainable([p for e in model.text_encoders for p in e.parameters()])
+            encoders = model.trainable_text_encoders().values()
+            self.te_params = fp32_trainable([p for e in encoders for p in e.parameters()])
             groups.append({"params": self.te_params, "lr": config.text_encoder_lr or config.lr})
             if config.text_encoder_fraction < 1:
                 self.te_stop_step = int(config.text_encoder_fraction * config.steps)
         if config.ema:
             self.ema_decay = config.ema_decay
-            self.ema = [p.detach().clone().float() for _, p in self.unet_params]
+            self.ema = [p.detach().clone().float() for _, p in self.denoiser_params]
         return groups
 
     def prompt_token(self, token: str) -> str:
@@ -83,30 +85,30 @@ class FullFineTune:
 
     def after_update(self, model: Family, step: int) -> None:
         if self.ema is not None:
-            ema_update(self.ema, [p for _, p in self.unet_params], ema_decay_at(step, self.ema_decay))
+            ema_update(self.ema, [p for _, p in self.denoiser_params], ema_decay_at(step, self.ema_decay))
 
     def state(self) -> dict[str, torch.Tensor]:
         if self.ema is None:
             return {}
-        return {f"ema.{name}": t for (name, _), t in zip(self.unet_params, self.ema, strict=True)}
+        return {f"ema.{name}": t for (name, _), t in zip(self.denoiser_params, self.ema, strict=True)}
 
     def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
         if self.ema is not None:
-            for (name, _), t in zip(self.unet_params, self.ema, strict=True):
+            for (name, _), t in zip(self.denoiser_params, self.ema, strict=True):
                 t.copy_(tensors[f"ema.{name}"])
 
     def save(self, model: Family, out_dir: Path, metadata: dict[str, str]) -> list[Path]:
-        unet = model.unet
+        denoiser = model.denoiser
         raw = None
         if self.ema is not None:  # save the averaged weights, keep the raw ones in memory
-            raw = [p.detach().clone() for _, p in self.unet_params]
+            raw = [p.detach().clone() for _, p in self.denoiser_params]
             with torch.no_grad():
-                for (_, p), e in zip(self.unet_params, self.ema, strict=True):
+                for (_, p), e in zip(self.denoiser_params, self.ema, strict=True):
                     p.copy_(e)
         try:
-            if not all_finite({n: p for n, p in unet.named_parameters()}):
+            if not all_finite({n: p for n, p in denoiser.named_parameters()}):
                 raise BoothkitError(
-                    f"refusing to write {out_dir / MODEL_DIR}: some UNet weights are not finite"
+                    f"refusing to write {out_dir / MODEL_DIR}: some {model.denoiser_name} weights are not finite"
                 )
             written = [self._save_pipeline(model, out_dir)]
             if self.save_single:
@@ -114,7 +116,7 @@ class FullFineTune:
         finally:
             if raw is not None:
                 with torch.no_grad():
-                    for (_, p), r in zip(self.unet_params, raw, strict=True):
+                    for (_, p), r in zip(self.denoiser_params, raw, strict=True):
                         p.copy_(r)
         return written
 

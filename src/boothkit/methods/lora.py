@@ -51,6 +51,7 @@ class LoRA:
         self._configs: dict[str, Any] = {}
 
     standalone = False
+    learns_tokens = False
 
     @property
     def trains_text_encoder(self) -> bool:
@@ -66,22 +67,23 @@ class LoRA:
         alpha = config.lora_alpha if config.lora_alpha is not None else float(config.rank)
         # Seeded here so the adapters' initial weights are part of the run's determinism.
         torch.manual_seed(config.seed)
-        unet_config = LoraConfig(
+        targets = config.target_modules or model.default_lora_targets
+        denoiser_config = LoraConfig(
             r=config.rank,
             lora_alpha=alpha,  # type: ignore[arg-type]  # peft accepts float alphas
             lora_dropout=config.lora_dropout,
             init_lora_weights="gaussian",
-            target_modules=list(config.target_modules),
+            target_modules=list(targets),
         )
         _check_targets(
-            model.unet,
-            config.target_modules,
+            model.denoiser,
+            targets,
             "--target-modules",
-            hint="name the modules' last parts, e.g. to_q to_k to_v to_out.0 (attention) or conv1 conv2",
+            hint="name the modules' last parts, e.g. " + " ".join(model.default_lora_targets),
         )
-        model.unet.add_adapter(unet_config)
-        self._configs["unet"] = unet_config
-        groups: list[dict[str, Any]] = [{"params": self._trainable(model.unet), "lr": config.lr}]
+        model.denoiser.add_adapter(denoiser_config)
+        self._configs[model.denoiser_name] = denoiser_config
+        groups: list[dict[str, Any]] = [{"params": self._trainable(model.denoiser), "lr": config.lr}]
         if config.train_text_encoder:
             self._train_te = True
             if config.text_encoder_fraction < 1:
@@ -94,7 +96,7 @@ class LoRA:
                 target_modules=list(config.text_encoder_targets),
             )
             te_lr = config.text_encoder_lr or config.lr
-            for prefix, encoder in zip(model.text_encoder_lora_prefixes(), model.text_encoders, strict=True):
+            for prefix, encoder in model.trainable_text_encoders().items():
                 _check_targets(
                     encoder,
                     config.text_encoder_targets,
@@ -115,7 +117,7 @@ class LoRA:
 
     def before_update(self, model: Family, step: int) -> None:
         if self._te_stop_step is not None and step >= self._te_stop_step:
-            for encoder in model.text_encoders:
+            for encoder in model.trainable_text_encoders().values():
                 for p in lora_parameters(encoder):
                     p.grad = None  # the text encoder's share of the run is over: no update
 
@@ -134,9 +136,9 @@ class LoRA:
         # save_embedding_layers=False: peft would otherwise add the whole token-embedding matrix of
         # an encoder whose vocabulary grew (pivotal tuning's new token), a key without "lora" that
         # diffusers' loader refuses; the new token's vectors are saved apart (learned_embeds).
-        out = {"unet": get_peft_model_state_dict(model.unet, save_embedding_layers=False)}
+        out = {model.denoiser_name: get_peft_model_state_dict(model.denoiser, save_embedding_layers=False)}
         if self._train_te:
-            for prefix, encoder in zip(model.text_encoder_lora_prefixes(), model.text_encoders, strict=True):
+            for prefix, encoder in model.trainable_text_encoders().items():
                 out[prefix] = get_peft_model_state_dict(encoder, save_embedding_layers=False)
         return out
 
@@ -144,11 +146,8 @@ class LoRA:
         layers = self.state_dicts(model)
         if not all(all_finite(layer) for layer in layers.values()):
             raise BoothkitError(f"refusing to write {out_dir / LORA_FILE}: some LoRA weights are not finite")
-        kwargs: dict[str, Any] = {
-            "unet_lora_layers": layers["unet"],
-            "unet_lora_adapter_metadata": self._configs["unet"].to_dict(),
-        }
-        for prefix in model.text_encoder_lora_prefixes():
+        kwargs: dict[str, Any] = {}
+        for prefix in (model.denoiser_name, *model.trainable_text_encoders()):
             if prefix in layers:
                 kwargs[f"{prefix}_lora_layers"] = layers[prefix]
                 kwargs[f"{prefix}_lora_adapter_metadata"] = self._configs[prefix].to_dict()

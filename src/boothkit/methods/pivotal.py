@@ -27,6 +27,7 @@ class Pivotal:
         self.switch_step: int | None = None
 
     standalone = False
+    learns_tokens = True
 
     @property
     def trains_text_encoder(self) -> bool:
@@ -52,7 +53,8 @@ class Pivotal:
         if self.switch_step is None:
             return
         if step < self.switch_step:  # phase 1: embeddings only
-            frozen = [p for m in (model.unet, *model.text_encoders) for p in lora_parameters(m)]
+            adapted = (model.denoiser, *model.trainable_text_encoders().values())
+            frozen = [p for m in adapted for p in lora_parameters(m)]
         else:  # phase 2: LoRA only, the embeddings stay where phase 1 left them
             frozen = [e.get_input_embeddings().weight for e in model.text_encoders]
         for p in frozen:

@@ -38,6 +38,7 @@ class TextualInversion:
         self.family = ""
 
     standalone = False
+    learns_tokens = True
 
     @property
     def trains_text_encoder(self) -> bool:

@@ -1,0 +1,311 @@
+"""Flux.1 on a tiny model built from configs: the same promises as SD, and parity with the reference
+training script's step (train_dreambooth_lora_flux.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+from PIL import Image
+from safetensors.torch import load_file
+
+from boothkit.errors import BoothkitError
+from boothkit.families import load_model
+from boothkit.families.flux import latent_ids, pack_latents, unpack_latents
+from boothkit.files import LORA_FILE, MODEL_DIR
+from boothkit.losses import dreambooth_loss
+from boothkit.train import train
+from conftest import run_cli, train_args, train_config
+
+
+def _image(pipe, prompt: str = "a photo of sks dog", seed: int = 0) -> np.ndarray:
+    pipe.set_progress_bar_config(disable=True)
+    return pipe(
+        prompt,
+        height=32,
+        width=32,
+        num_inference_steps=4,
+        guidance_scale=3.5,
+        max_sequence_length=32,
+        generator=torch.Generator().manual_seed(seed),
+        output_type="np",
+    ).images[0]
+
+
+def _quiet(message: str) -> None:
+    pass
+
+
+# ----------------------------------------------------------------------------- parity with the reference step
+
+
+def test_packing_and_ids_are_the_pipelines() -> None:
+    latents = torch.randn(2, 4, 8, 6)
+    packed = pack_latents(latents)
+    assert packed.shape == (2, 4 * 3, 16)
+    assert torch.equal(packed, FluxPipeline._pack_latents(latents, 2, 4, 8, 6))
+    assert torch.equal(unpack_latents(packed, 8, 6), latents)
+    ids = latent_ids(8, 6, "cpu", torch.float32)
+    assert torch.equal(ids, FluxPipeline._prepare_latent_image_ids(2, 4, 3, "cpu", torch.float32))
+
+
+def test_a_training_step_is_the_reference_scripts(tiny_model) -> None:
+    """For the same latents, noise and draw: the noisy input, the transformer's inputs (packed
+    latents, timestep / 1000, guidance, text and image ids) and the target are the script's."""
+    model = load_model(str(tiny_model("flux1")))
+    config = train_config(tiny_model("flux1"), Path("p"), Path("o"))
+    objective = model.objective(config)
+    reference_scheduler = FlowMatchEulerDiscreteScheduler.from_config(model.inference_scheduler.config)
+    assert torch.equal(objective.sigmas, reference_scheduler.sigmas)  # type: ignore[attr-defined]
+
+    latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    cond = model.encode_prompts(["a photo of sks dog", "a photo of a dog"])
+    noised = objective.noised(latents, torch.Generator().manual_seed(5))
+    ours = model.predict(noised.noisy, noised.timesteps, cond, model.time_ids((32, 32), (0, 0), (32, 32)))
+
+    # The script: noise first, then u uniform; timesteps and sigmas from the scheduler at (u * N).long().
+    g = torch.Generator().manual_seed(5)
+    noise = torch.randn(latents.shape, generator=g)
+    u = torch.rand((2,), generator=g)
+    indices = (u * reference_scheduler.config.num_train_timesteps).long()
+    timesteps = reference_scheduler.timesteps[indices]
+    sigmas = reference_scheduler.sigmas[indices].view(-1, 1, 1, 1)
+    noisy = (1.0 - sigmas) * latents + sigmas * noise
+    assert torch.allclose(noised.noisy, noisy) and torch.equal(noised.target, noise - latents)
+    with torch.no_grad():
+        reference = model.transformer(
+            hidden_states=FluxPipeline._pack_latents(noisy, 2, 4, 8, 8),
+            timestep=timesteps / 1000,
+            guidance=torch.tensor([3.5]).expand(2),
+            pooled_projections=cond.pooled,
+            encoder_hidden_states=cond.hidden_states,
+            txt_ids=torch.zeros(cond.hidden_states.shape[1], 3),
+            img_ids=FluxPipeline._prepare_latent_image_ids(2, 4, 4, "cpu", torch.float32),
+            return_dict=False,
+        )[0]
+    assert torch.allclose(ours, FluxPipeline._unpack_latents(reference, 8, 8, 1), atol=1e-6)
+
+
+def test_the_prior_loss_is_the_reference_scripts() -> None:
+    """Instance and prior terms, each the mean of weight * squared error over its own samples, as the
+    script's chunked computation."""
+    g = torch.Generator().manual_seed(0)
+    pred, target = torch.randn(4, 4, 8, 8, generator=g), torch.randn(4, 4, 8, 8, generator=g)
+    weights = torch.rand(4, generator=g) + 0.5
+    is_prior = torch.tensor([False, False, True, True])
+    terms = dreambooth_loss(pred, target, is_prior, prior_weight=0.7, weights=weights)
+    w = weights.view(-1, 1, 1, 1)
+
+    def script(p, t, ww):
+        return torch.mean((ww * (p - t) ** 2).reshape(t.shape[0], -1), 1).mean()
+
+    instance, prior = script(pred[:2], target[:2], w[:2]), script(pred[2:], target[2:], w[2:])
+    assert torch.allclose(terms.instance, instance) and terms.prior is not None
+    assert torch.allclose(terms.prior, prior) and torch.allclose(terms.total, instance + 0.7 * prior)
+
+
+# ----------------------------------------------------------------------------- the same promises as SD
+
+
+def test_a_flux_lora_trains_only_the_lora_and_loads_into_diffusers(tiny_model, photos, tmp_path) -> None:
+    path = tiny_model("flux1")
+    model = load_model(str(path))
+    base = {k: v.clone() for k, v in model.transformer.state_dict().items()}
+    result = train(
+        train_config(path, photos, tmp_path / "run", steps=3), model=model, progress=False, log=_quiet
+    )
+
+    trainable = {n for n, p in model.transformer.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    assert not any(p.requires_grad for e in model.text_encoders for p in e.parameters())
+    adapted = {n.split(".lora_")[0] for n in trainable}
+    assert any(n.endswith("attn.add_q_proj") for n in adapted) and any(
+        n.endswith("ff.net.2") for n in adapted
+    )
+    from peft.tuners.lora import LoraLayer
+
+    for name, module in model.transformer.named_modules():
+        if isinstance(module, LoraLayer):
+            assert torch.equal(module.base_layer.weight, base[name + ".weight"]), name
+
+    pipe = FluxPipeline.from_pretrained(path)
+    before = _image(pipe)
+    pipe.load_lora_weights(str(result.output))
+    saved = load_file(result.output / LORA_FILE)
+    from peft.utils import get_peft_model_state_dict
+
+    loaded = get_peft_model_state_dict(pipe.transformer, adapter_name=pipe.get_active_adapters()[0])
+    assert len(loaded) == len(saved) and all(k.startswith("transformer.") for k in saved)
+    assert np.abs(_image(pipe) - before).max() > 1e-4  # the LoRA changes what the pipeline draws
+    meta = json.loads((result.output / "summary.json").read_text())
+    assert meta["family"] == "flux1" and meta["prediction_type"] == "flow"
+
+
+def test_a_flux_full_fine_tune_writes_a_pipeline_that_loads(tiny_model, photos, tmp_path) -> None:
+    path = tiny_model("flux1-schnell")
+    result = train(
+        train_config(path, photos, tmp_path / "run", method="full", steps=2, prior=False),
+        progress=False,
+        log=_quiet,
+    )
+    tuned = FluxPipeline.from_pretrained(result.output / MODEL_DIR)
+    base = FluxPipeline.from_pretrained(path)
+    changed = [
+        n
+        for n, p in tuned.transformer.state_dict().items()
+        if not torch.equal(p, base.transformer.state_dict()[n])
+    ]
+    assert changed and all(
+        torch.equal(a, b)
+        for a, b in zip(tuned.vae.state_dict().values(), base.vae.state_dict().values(), strict=True)
+    )
+
+
+def test_a_killed_flux_run_resumes_to_the_same_weights(tiny_model, photos, tmp_path) -> None:
+    path = tiny_model("flux1")
+    settings = {"steps": 6, "checkpoint_every": 2, "grad_accum": 2}
+    reference = train(
+        train_config(path, photos, tmp_path / "ref", **settings), progress=False, log=_quiet
+    ).output
+    out = tmp_path / "run"
+    env = {**os.environ, "BOOTHKIT_FAULT": "micro:3", "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    args = [sys.executable, "-m", "boothkit.cli", *train_args(path, photos, out, **settings), "--quiet"]
+    proc = subprocess.run(args, env=env, capture_output=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    train(train_config(path, photos, out, **settings, resume=str(out)), progress=False, log=_quiet)
+    a, b = load_file(reference / LORA_FILE), load_file(out / LORA_FILE)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_training_teaches_the_subject(tiny_model, tmp_path) -> None:
+    """One photo, one prompt, a hundred steps: the tuned model draws that prompt closer to the photo
+    than the base model does (a measured distance, not just "it changed"). Measured in the model's own
+    latent space: the tiny VAE is random, so its decoded pixels say nothing."""
+    path = tiny_model("flux1")
+    photos = tmp_path / "photo"
+    photos.mkdir()
+    target = Image.new("RGB", (32, 32), (230, 40, 40))
+    target.paste((20, 20, 220), (8, 8, 24, 24))
+    target.save(photos / "subject.png")
+    config = train_config(path, photos, tmp_path / "run", method="full", steps=100, lr=1e-3, prior=False)
+    result = train(config, progress=False, log=_quiet)
+
+    model = load_model(str(path))
+    pixels = torch.from_numpy(np.asarray(target, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        expected = pack_latents(model.scale_latents(model.encode_images(pixels)[0]))
+
+    def distance(pipe) -> float:
+        pipe.set_progress_bar_config(disable=True)
+        drawn = [
+            pipe(
+                "a photo of sks dog",
+                height=32,
+                width=32,
+                num_inference_steps=8,
+                max_sequence_length=32,
+                generator=torch.Generator().manual_seed(seed),
+                output_type="latent",
+            ).images
+            for seed in range(3)
+        ]
+        return float(torch.stack([(d - expected).pow(2).mean() for d in drawn]).mean())
+
+    base = distance(FluxPipeline.from_pretrained(path))
+    tuned = distance(FluxPipeline.from_pretrained(result.output / MODEL_DIR))
+    assert tuned < 0.5 * base, (tuned, base)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_flux_bad_input_is_named(tiny_model, photos, tmp_path, capsys) -> None:
+    flux, schnell = tiny_model("flux1"), tiny_model("flux1-schnell")
+    out = tmp_path / "run"
+    cases = [
+        (train_args(flux, photos, out, method="ti"), "--method ti is not available for Flux.1 yet"),
+        (train_args(flux, photos, out, snr_gamma=5.0), "--snr-gamma does not apply to Flux.1"),
+        (train_args(flux, photos, out, noise_offset=0.05), "--noise-offset does not apply to Flux.1"),
+        (train_args(schnell, photos, out, train_guidance=3.5), "--train-guidance does not apply to Flux.1"),
+        (train_args(flux, photos, out, resolution=36), "--resolution must be a positive multiple of 8"),
+        (
+            [*train_args(flux, photos, out), "--prediction-type", "epsilon"],
+            "--prediction-type does not apply",
+        ),
+    ]
+    for args, phrase in cases:
+        code, _, err = run_cli(capsys, *args)
+        assert code == 2 and phrase in err and "Traceback" not in err, (phrase, err)
+    assert not out.exists()
+
+
+def test_fp16_is_refused_for_flux(tiny_model) -> None:
+    """fp16 needs CUDA, so on a CPU the device check refuses it first; the family's own refusal is
+    what a GPU user meets."""
+    model = load_model(str(tiny_model("flux1")))
+    with pytest.raises(BoothkitError, match="overflow in fp16") as info:
+        model.objective(train_config(tiny_model("flux1"), Path("p"), Path("o"), mixed_precision="fp16"))
+    assert "bf16" in (info.value.hint or "")
+
+
+def test_a_flux_lora_on_another_family_names_both(tiny_model, photos, tmp_path, capsys) -> None:
+    run = train(
+        train_config(tiny_model("flux1"), photos, tmp_path / "run", steps=1), progress=False, log=_quiet
+    ).output
+    args = [
+        "generate",
+        "--model",
+        str(tiny_model("sdxl")),
+        "--lora",
+        str(run),
+        "--prompt",
+        "a photo of sks dog",
+    ]
+    code, _, err = run_cli(capsys, *args, "--steps", "1", "--output", str(tmp_path / "g"))
+    assert code == 2 and "trained for Flux.1 (flux1) but the base model is SDXL (sdxl)" in err
+    code, _, err = run_cli(
+        capsys, "export", str(run), "--format", "kohya", "--output", str(tmp_path / "k.safetensors")
+    )
+    assert code == 2 and "a LoRA of a transformer model (Flux.1)" in err
+
+
+def test_generate_grid_and_morph_draw_with_a_flux_lora(tiny_model, photos, tmp_path, capsys) -> None:
+    run = train(
+        train_config(tiny_model("flux1"), photos, tmp_path / "run", steps=1), progress=False, log=_quiet
+    ).output
+    common = ["--model", str(tiny_model("flux1")), "--lora", str(run), "--steps", "2"]
+    code, out, err = run_cli(
+        capsys, "generate", *common, "--prompt", "a photo of sks dog", "--output", str(tmp_path / "g")
+    )
+    assert code == 0 and Path(out.strip()).is_file(), err
+    grid = tmp_path / "grid.png"
+    code, _, err = run_cli(
+        capsys, "grid", "seeds", *common, "--prompt", "a sks dog", "--num-seeds", "2", "--output", str(grid)
+    )
+    assert code == 0 and grid.is_file(), err
+    gif = tmp_path / "m.gif"
+    code, _, err = run_cli(
+        capsys,
+        "morph",
+        *common,
+        "--prompt",
+        "a sks dog",
+        "--seeds",
+        "1",
+        "2",
+        "--fps",
+        "2",
+        "--duration",
+        "1.5",
+        "--output",
+        str(gif),
+    )
+    assert code == 0 and gif.is_file(), err
