@@ -23,7 +23,7 @@ from boothkit.families.flux import latent_ids, pack_latents, unpack_latents
 from boothkit.files import LORA_FILE, MODEL_DIR
 from boothkit.losses import dreambooth_loss
 from boothkit.train import train
-from conftest import run_cli, train_args, train_config
+from conftest import make_photos, run_cli, train_args, train_config
 
 
 def _image(pipe, prompt: str = "a photo of sks dog", seed: int = 0) -> np.ndarray:
@@ -271,10 +271,6 @@ def test_a_flux_lora_on_another_family_names_both(tiny_model, photos, tmp_path, 
     ]
     code, _, err = run_cli(capsys, *args, "--steps", "1", "--output", str(tmp_path / "g"))
     assert code == 2 and "trained for Flux.1 (flux1) but the base model is SDXL (sdxl)" in err
-    code, _, err = run_cli(
-        capsys, "export", str(run), "--format", "kohya", "--output", str(tmp_path / "k.safetensors")
-    )
-    assert code == 2 and "a LoRA of a transformer model (Flux.1)" in err
 
 
 def test_generate_grid_and_morph_draw_with_a_flux_lora(tiny_model, photos, tmp_path, capsys) -> None:
@@ -309,3 +305,101 @@ def test_generate_grid_and_morph_draw_with_a_flux_lora(tiny_model, photos, tmp_p
         str(gif),
     )
     assert code == 0 and gif.is_file(), err
+
+
+# ----------------------------------------------------------------------------- export
+
+
+@pytest.fixture(scope="module")
+def flux_run(tiny_model, tmp_path_factory) -> Path:
+    """A Flux LoRA with the text encoder trained too, strong enough to change what is drawn."""
+    root = tmp_path_factory.mktemp("flux_run")
+    photos = make_photos(root / "photos")
+    config = train_config(
+        tiny_model("flux1"), photos, root / "run", steps=4, lr=5e-2, train_text_encoder=True
+    )
+    return train(config, progress=False, log=_quiet).output
+
+
+def test_kohya_export_fuses_qkv_exactly_and_comes_back(tiny_model, flux_run, tmp_path, capsys) -> None:
+    kohya = tmp_path / "k.safetensors"
+    code, out, err = run_cli(capsys, "export", str(flux_run), "--format", "kohya", "--output", str(kohya))
+    assert code == 0, err
+    assert "transformer     max |source - output| = 0.00e+00" in out and "0 unmapped keys" in out
+    keys = set(load_file(kohya))
+    assert "lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight" in keys
+    assert "lora_unet_single_blocks_0_linear1.lora_up.weight" in keys
+    assert any(k.startswith("lora_te1_text_model_encoder_layers_0_self_attn_q_proj") for k in keys)
+    assert not any(k.startswith("lora_unet_transformer") for k in keys)
+
+    back = tmp_path / "back"
+    code, _, err = run_cli(capsys, "export", str(kohya), "--format", "diffusers", "--output", str(back))
+    assert code == 0, err
+    pipe = FluxPipeline.from_pretrained(tiny_model("flux1"))
+    base = _image(pipe)
+    pipe.load_lora_weights(str(flux_run), adapter_name="source")
+    source = _image(pipe)
+    pipe.unload_lora_weights()
+    pipe.load_lora_weights(str(back), adapter_name="back")
+    assert np.abs(_image(pipe) - source).max() < 1e-5 < np.abs(source - base).max()
+
+
+def test_diffusers_own_converter_reads_the_kohya_layout_at_full_size() -> None:
+    """At Flux.1's real widths (3072 attention, 12288 MLP), diffusers' kohya reader turns the fused
+    layers boothkit writes back into the same weight updates."""
+    from diffusers.loaders.lora_conversion_utils import _convert_kohya_flux_lora_to_diffusers
+
+    from boothkit import flux_lora
+
+    g = torch.Generator().manual_seed(0)
+    paths = [f"transformer_blocks.0.attn.{p}" for p in ("to_q", "to_k", "to_v", "add_q_proj", "add_v_proj")]
+    paths += [f"single_transformer_blocks.0.attn.{p}" for p in ("to_q", "to_k", "to_v")]
+    paths += ["single_transformer_blocks.0.proj_out", "transformer_blocks.0.ff.net.2"]
+    widths = {
+        "single_transformer_blocks.0.proj_out": (3072, 15360),
+        "transformer_blocks.0.ff.net.2": (3072, 12288),
+    }
+    layers = {
+        p: (
+            torch.randn(2, widths.get(p, (3072, 3072))[1], generator=g),
+            torch.randn(widths.get(p, (3072, 3072))[0], 2, generator=g),
+            4.0,
+        )
+        for p in paths
+    }
+    kohya, unmapped = flux_lora.to_kohya(layers, flux_lora.FluxDims(3072, 12288))
+    assert not unmapped
+    theirs = _convert_kohya_flux_lora_to_diffusers(dict(kohya))
+    for p, layer in layers.items():
+        a, b = theirs[f"transformer.{p}.lora_A.weight"], theirs[f"transformer.{p}.lora_B.weight"]
+        assert torch.allclose(b @ a, flux_lora.delta(layer), atol=1e-4), p
+
+
+def test_a_merged_flux_draws_what_the_lora_draws(tiny_model, flux_run, tmp_path, capsys) -> None:
+    merged = tmp_path / "merged"
+    code, _, err = run_cli(capsys, "export", str(flux_run), "--format", "merged", "--output", str(merged))
+    assert code == 0, err
+    pipe = FluxPipeline.from_pretrained(tiny_model("flux1"))
+    base = _image(pipe)
+    pipe.load_lora_weights(str(flux_run))
+    with_lora = _image(pipe)
+    merged_image = _image(FluxPipeline.from_pretrained(merged))
+    assert np.abs(merged_image - with_lora).max() < 1e-4 < np.abs(with_lora - base).max()
+    single = tmp_path / "m.safetensors"
+    code, _, err = run_cli(
+        capsys, "export", str(flux_run), "--format", "merged", "--single-file", "--output", str(single)
+    )
+    assert code == 2 and "--single-file is not available for Flux.1 yet" in err
+
+
+def test_a_flux_layer_without_a_bfl_name_is_refused_for_kohya(tiny_model, photos, tmp_path, capsys) -> None:
+    targets = ("attn.to_q", "norm_out.linear")
+    run = train(
+        train_config(tiny_model("flux1"), photos, tmp_path / "run", steps=1, target_modules=targets),
+        progress=False,
+        log=_quiet,
+    ).output
+    kohya = tmp_path / "k.safetensors"
+    code, _, err = run_cli(capsys, "export", str(run), "--format", "kohya", "--output", str(kohya))
+    assert code == 2 and "could not be mapped" in err and "norm_out.linear" in err
+    assert not kohya.exists()

@@ -28,6 +28,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from boothkit import flux_lora
 from boothkit.adapters import load_embeddings
 from boothkit.errors import BoothkitError
 from boothkit.families.base import FamilyName, load_pipeline_folder
@@ -51,11 +52,13 @@ ADAPTER_METADATA_KEY = "lora_adapter_metadata"  # where diffusers keeps peft's L
 # Metadata keys that mark boothkit export's own outputs, which exporting again may replace.
 CONVERTED_KEY = "boothkit_converted_to"
 MERGED_KEY = "boothkit_merged_lora"
-COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
+COMPONENTS = ("unet", "transformer", "text_encoder", "text_encoder_2")
+DENOISERS = ("unet", "transformer")
 KOHYA_PREFIXES: dict[str, dict[str, str]] = {
     "sd1": {"unet": "lora_unet_", "text_encoder": "lora_te_"},
     "sd2": {"unet": "lora_unet_", "text_encoder": "lora_te_"},
     "sdxl": {"unet": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"},
+    "flux1": {"transformer": flux_lora.PREFIX, "text_encoder": "lora_te1_"},  # transformer: flux_lora
 }
 # Real models' cross-attention widths, to name the family a LoRA was trained for.
 CROSS_ATTENTION_DIM = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
@@ -104,6 +107,7 @@ _UNET_MODULE = re.compile(
     r"|mid_block\.(?:attentions|resnets)\.\d+|conv_in|conv_out|conv_norm_out"
     r"|(?:time|add|class)_embedding\.linear_[12])(?:\.\w+)*$"
 )
+_DOTTED_PATH = re.compile(r"^\w+(?:\.\w+)*$")
 _TE_MODULE = re.compile(
     r"^(?:text_model\.encoder\.layers\.\d+\.(?:self_attn\.(?:q|k|v|out)_proj|mlp\.fc[12])|text_projection)$"
 )
@@ -132,6 +136,8 @@ def _canonical_te_path(path: str) -> str:
 
 
 def _valid_path(component: str, path: str) -> bool:
+    if component == "transformer":  # any module: which ones the kohya layout has is flux_lora's question
+        return bool(_DOTTED_PATH.match(path))
     return bool((_UNET_MODULE if component == "unet" else _TE_MODULE).match(path))
 
 
@@ -248,7 +254,7 @@ def _modules_from_diffusers(
             unmapped.append(key)
             continue
         component, path, kind = parts
-        if component != "unet":
+        if component not in DENOISERS:
             path = _canonical_te_path(path)
         if not _valid_path(component, path):
             unmapped.append(key)
@@ -293,11 +299,18 @@ def _kohya_name(module: LoraModule, family: FamilyName, layout: UNetLayout) -> s
 
 
 def _modules_to_kohya(
-    modules: list[LoraModule], family: FamilyName, layout: UNetLayout
+    modules: list[LoraModule], family: FamilyName, layout: UNetLayout, dims: flux_lora.FluxDims | None = None
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
     out: dict[str, torch.Tensor] = {}
     unmapped = []
+    transformer = {m.path: (m.down, m.up, m.alpha) for m in modules if m.component == "transformer"}
+    if transformer:  # Flux: q/k/v fused into the BFL layers, exactly
+        fused, missed = flux_lora.to_kohya(transformer, dims or _flux_dims(transformer))
+        out.update(fused)
+        unmapped += [f"transformer.{p}" for p in missed]
     for m in modules:
+        if m.component == "transformer":
+            continue
         name = _kohya_name(m, family, layout)
         if name is None:
             unmapped.append(m.name)
@@ -329,17 +342,26 @@ def _kohya_module(name: str, family: FamilyName, layout: UNetLayout) -> tuple[st
 
 
 def _modules_from_kohya(
-    state_dict: Mapping[str, torch.Tensor], family: FamilyName, layout: UNetLayout
+    state_dict: Mapping[str, torch.Tensor],
+    family: FamilyName,
+    layout: UNetLayout,
+    dims: flux_lora.FluxDims | None = None,
 ) -> tuple[list[LoraModule], list[str]]:
     groups: dict[str, dict[str, torch.Tensor]] = {}
     unmapped: list[str] = []
+    modules = []
+    if family == "flux1":  # the transformer's BFL layers split back into diffusers' modules
+        unet = {k: v for k, v in state_dict.items() if k.startswith(flux_lora.PREFIX)}
+        layers, missed = flux_lora.from_kohya(unet, dims or _flux_dims_of_kohya(unet))
+        modules += [LoraModule("transformer", path, d, u, a) for path, (d, u, a) in layers.items()]
+        unmapped += missed
+        state_dict = {k: v for k, v in state_dict.items() if k not in unet}
     for key, value in state_dict.items():
         name, _, suffix = key.partition(".")
         if suffix not in ("lora_down.weight", "lora_up.weight", "alpha"):
             unmapped.append(key)
             continue
         groups.setdefault(name, {})[suffix] = value
-    modules = []
     for name, tensors in groups.items():
         target = _kohya_module(name, family, layout)
         if target is None or "lora_down.weight" not in tensors or "lora_up.weight" not in tensors:
@@ -349,6 +371,31 @@ def _modules_from_kohya(
         alpha = float(tensors["alpha"].item()) if "alpha" in tensors else float(down.shape[0])
         modules.append(LoraModule(target[0], target[1], down, up, alpha))
     return modules, unmapped
+
+
+def _flux_dims(transformer: Mapping[str, flux_lora.Layer]) -> flux_lora.FluxDims:
+    dims = flux_lora.FluxDims.from_layers(transformer)
+    if dims is None:
+        raise BoothkitError(
+            "cannot tell this Flux LoRA's attention width (it adapts no attn.to_q)",
+            hint="pass the base model so the widths come from its transformer config",
+        )
+    return dims
+
+
+def _flux_dims_of_kohya(tensors: Mapping[str, torch.Tensor]) -> flux_lora.FluxDims:
+    """Widths from a kohya Flux LoRA: a fused qkv layer's rows are three attention widths."""
+    for key, value in tensors.items():
+        if key.endswith("attn_qkv.lora_up.weight"):
+            inner = int(value.shape[0]) // 3
+            linear1 = next((v for k, v in tensors.items() if k.endswith("linear1.lora_up.weight")), None)
+            return flux_lora.FluxDims(
+                inner, int(linear1.shape[0]) - 3 * inner if linear1 is not None else 4 * inner
+            )
+    raise BoothkitError(
+        "cannot tell this Flux LoRA's attention width (it has no fused qkv layer)",
+        hint="pass the base model so the widths come from its transformer config",
+    )
 
 
 def _modules_to_diffusers(modules: list[LoraModule]) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
@@ -368,9 +415,13 @@ def _layout(unet_config: Mapping[str, Any] | None) -> UNetLayout:
 def _refuse_unmapped(unmapped: list[str], what: str) -> None:
     if unmapped:
         shown = ", ".join(unmapped[:5]) + (f" and {len(unmapped) - 5} more" if len(unmapped) > 5 else "")
+        flux = all(u.startswith("transformer.") for u in unmapped)
         raise BoothkitError(
             f"{len(unmapped)} LoRA keys could not be mapped {what}: {shown}",
-            hint="is the family right? pass the base model so the UNet layout comes from its config",
+            hint="the kohya Flux layout holds only the layers of Black Forest Labs' checkpoint: export "
+            "--format diffusers, or train without these layers in --target-modules"
+            if flux
+            else "is the family right? pass the base model so the UNet layout comes from its config",
         )
 
 
@@ -436,6 +487,9 @@ class LoraFile:
     ) -> tuple[list[LoraModule], list[str]]:
         """The file's layers with their effective alphas, and the keys that fit no layer."""
         if self.layout == "kohya":
+            dims = flux_lora.FluxDims.from_config(unet_config) if family == "flux1" and unet_config else None
+            if family == "flux1":
+                return _modules_from_kohya(self.tensors, family, SDXL_LAYOUT, dims)
             return _modules_from_kohya(self.tensors, family, _layout(unet_config))
         modules, unmapped = _modules_from_diffusers(self.tensors, None)
         configs = _component_configs(self.metadata)
@@ -491,14 +545,6 @@ def load_lora_file(src: Path) -> LoraFile:
             f"{path} is not a valid .safetensors file ({str(e).splitlines()[0][:200]})"
         ) from None
     layout = lora_layout(tensors)
-    if layout is None and (
-        metadata.get("boothkit_family") == "flux1" or any(k.startswith("transformer.") for k in tensors)
-    ):
-        raise BoothkitError(
-            f"{path} is a LoRA of a transformer model (Flux.1): boothkit export converts and merges SD 1.x, "
-            "SD 2.x and SDXL LoRAs so far",
-            hint="use the file as it is: diffusers loads it (pipe.load_lora_weights), and so does boothkit generate",
-        )
     if layout is None:
         sample = ", ".join(list(tensors)[:3]) or "no tensors"
         raise BoothkitError(
@@ -511,8 +557,12 @@ def load_lora_file(src: Path) -> LoraFile:
 def guess_lora_family(lora: LoraFile) -> FamilyName | None:
     """The family a LoRA names in its metadata, or that its keys / cross-attention width imply."""
     meta = lora.metadata
-    if meta.get("boothkit_family") in ("sd1", "sd2", "sdxl"):
+    if meta.get("boothkit_family") in ("sd1", "sd2", "sdxl", "flux1"):
         return meta["boothkit_family"]  # type: ignore[return-value]
+    keys = list(lora.tensors)
+    flux_keys = ("transformer.", "lora_unet_double_blocks_", "lora_unet_single_blocks_")
+    if meta.get("ss_base_model_version", "").startswith("flux") or any(k.startswith(flux_keys) for k in keys):
+        return "flux1"
     version = meta.get("ss_base_model_version", "")
     arch = meta.get("modelspec.architecture", "")
     if version.startswith("sdxl") or arch.startswith("stable-diffusion-xl"):
@@ -521,7 +571,6 @@ def guess_lora_family(lora: LoraFile) -> FamilyName | None:
         return "sd2"
     if version.startswith("sd_v1") or arch.startswith("stable-diffusion-v1"):
         return "sd1"
-    keys = list(lora.tensors)
     if any(
         k.startswith(("lora_te2_", "text_encoder_2.", "lora_unet_input_blocks", "lora_unet_output_blocks"))
         for k in keys
@@ -590,7 +639,10 @@ def check_lora_matches(
         )
     base_family = pipeline_family(pipe)
     layout = lora_layout(lora_state_dict)
-    if layout == "kohya":
+    if layout == "kohya" and base_family == "flux1":
+        dims = flux_lora.FluxDims.from_config(pipe.transformer.config)
+        modules, unmapped = _modules_from_kohya(lora_state_dict, base_family, SDXL_LAYOUT, dims)
+    elif layout == "kohya":
         modules, unmapped = _modules_from_kohya(
             lora_state_dict, base_family, UNetLayout.from_config(pipe.unet.config)
         )
@@ -602,11 +654,12 @@ def check_lora_matches(
     lora_dim = _lora_cross_attention_dim(lora_state_dict)
     if lora_family is None and lora_dim is not None:
         lora_family = CROSS_ATTENTION_DIM.get(lora_dim)  # type: ignore[assignment]
-    base_dim = pipe.unet.config.cross_attention_dim
+    unet = getattr(pipe, "unet", None)
+    base_dim = f" ({unet.config.cross_attention_dim})" if unet is not None else ""
     trained = f"{lora_family or 'another model'}" + (f" (cross-attention dim {lora_dim})" if lora_dim else "")
     first = misfits[0].name if misfits else unmapped[0]
     raise BoothkitError(
-        f"{lora_name} was trained for {trained} but the base model is {base_family} ({base_dim}): "
+        f"{lora_name} was trained for {trained} but the base model is {base_family}{base_dim}: "
         f"{len(misfits) + len(unmapped)} of {len(modules) + len(unmapped)} LoRA layers do not fit (first: {first})",
         hint=f"use a LoRA trained on a {base_family} model, or the base model this LoRA was trained on",
     )
@@ -652,6 +705,7 @@ class ExportReport:
     max_abs_diff: dict[str, float] = field(default_factory=dict)  # per component, source vs output
     lora_effect: dict[str, float] = field(default_factory=dict)  # per component, LoRA vs base model
     verified: bool = False
+    compared: str = "outputs"  # what verification compared: the model's outputs, or each layer's update
     embeddings: Path | None = None  # a pivotal run's learned token, written beside the output
 
     @property
@@ -672,8 +726,9 @@ class ExportReport:
         for component, diff in self.max_abs_diff.items():
             effect = self.lora_effect.get(component, float("nan"))
             verdict = "ok" if diff <= MAX_VERIFY_DIFF else "MISMATCH"
+            effect_text = "LoRA changes output by" if self.compared == "outputs" else "largest weight update"
             lines.append(
-                f"  {component:<15} max |source - output| = {diff:.2e}  (LoRA changes output by {effect:.2e})  {verdict}"
+                f"  {component:<15} max |source - output| = {diff:.2e}  ({effect_text} {effect:.2e})  {verdict}"
             )
         return "\n".join(lines)
 
@@ -717,7 +772,7 @@ def _loaded_modules(pipe: Any) -> set[str]:
             continue
         for name, module in model.named_modules():
             if hasattr(module, "lora_A") and len(module.lora_A):
-                path = name if component == "unet" else _canonical_te_path(name)
+                path = name if component in DENOISERS else _canonical_te_path(name)
                 names.add(f"{component}.{path}")
     return names
 
@@ -814,6 +869,40 @@ def verify_conversion(
     expected = set(expected)
     missing = sorted((expected - loaded_a) | (expected - loaded_b) | (loaded_a ^ loaded_b))
     return diffs, effect, missing
+
+
+def verify_updates(
+    source: list[LoraModule], output: list[LoraModule]
+) -> tuple[dict[str, float], dict[str, float], list[str]]:
+    """Compare the weight update (up @ down * alpha / rank) of every layer in the two lists: the
+    check for a layout diffusers can't load at the model's size (a tiny Flux's fused layers). Returns
+    max |source - output| and max |update| per component, and the layers only one side has."""
+    a = {m.name: flux_lora.delta((m.down, m.up, m.alpha)) for m in source}
+    b = {m.name: flux_lora.delta((m.down, m.up, m.alpha)) for m in output}
+    diffs: dict[str, float] = {}
+    effect: dict[str, float] = {}
+    for name in a.keys() & b.keys():
+        component = name.split(".")[0]
+        diffs[component] = max(diffs.get(component, 0.0), float((a[name] - b[name]).abs().max()))
+        effect[component] = max(effect.get(component, 0.0), float(a[name].abs().max()))
+    return diffs, effect, sorted(a.keys() ^ b.keys())
+
+
+def _scaled_state_dict(modules: list[LoraModule]) -> dict[str, torch.Tensor]:
+    """diffusers-layout tensors with each layer's alpha / rank folded into lora_B: what
+    `load_lora_weights` applies exactly when given a state dict (it then scales by 1)."""
+    out: dict[str, torch.Tensor] = {}
+    for m in modules:
+        out[f"{m.name}.lora_A.weight"] = m.down.clone()
+        out[f"{m.name}.lora_B.weight"] = m.up * (m.alpha / m.rank)
+    return out
+
+
+def _denoiser_config(pipe: Any) -> dict[str, Any] | None:
+    """The base model's UNet or transformer config (what the LoRA's layout depends on)."""
+    if pipe is None:
+        return None
+    return dict((getattr(pipe, "unet", None) or pipe.transformer).config)
 
 
 # ----------------------------------------------------------------------------- export
@@ -923,14 +1012,18 @@ def export_lora(
             f"cannot tell which model family {lora.path} is for (no family in its metadata)",
             hint="pass the base model folder so the family and UNet layout come from it",
         )
-    unet_config = dict(pipe.unet.config) if pipe is not None else None
+    flux = family == "flux1"
+    unet_config = _denoiser_config(pipe)
     if pipe is not None:
         check_lora_matches(
             lora.tensors, pipe, lora_name=f"LoRA {lora.path}", lora_family=guess_lora_family(lora)
         )
     modules, unmapped = lora.modules(family, unet_config)
+    dims = flux_lora.FluxDims.from_config(unet_config) if flux and unet_config else None
     if format == "kohya":
-        tensors, more = _modules_to_kohya(modules, family, _layout(unet_config))
+        tensors, more = _modules_to_kohya(
+            modules, family, SDXL_LAYOUT if flux else _layout(unet_config), dims
+        )
         unmapped += more
     else:
         tensors, _ = _modules_to_diffusers(modules)
@@ -947,14 +1040,20 @@ def export_lora(
         )
 
     def verify(tmp: Path) -> None:  # before the file takes its name: a conversion that differs never appears
-        if pipe is not None:
+        if flux:  # diffusers' kohya reader knows only full-size Flux: compare every layer's update
+            written = LoraFile(tmp, load_file(str(tmp)), dict(metadata), format)
+            report.max_abs_diff, report.lora_effect, report.unmapped = verify_updates(
+                modules, written.modules(family, unet_config)[0]
+            )
+            report.verified, report.compared = True, "updates"
+        elif pipe is not None:
             expected = [m.name for m in modules]
             report.max_abs_diff, report.lora_effect, report.unmapped = verify_conversion(
                 pipe, lora.path, tmp, expected
             )
             report.verified = True
-            if not report.ok:
-                raise BoothkitError(f"the converted LoRA does not reproduce the source:\n{report.format()}")
+        if report.verified and not report.ok:
+            raise BoothkitError(f"the converted LoRA does not reproduce the source:\n{report.format()}")
 
     with Lock(final, "export destination"):
         _refuse_existing(final, CONVERTED_KEY, [lora.path, *bases], bases)
@@ -972,7 +1071,7 @@ def export_lora(
 
 def _refuse_partial_load(lora: LoraFile, pipe: Any, family: FamilyName) -> None:
     """A LoRA diffusers only partly applied would merge into a silently different model."""
-    modules, _ = lora.modules(family, dict(pipe.unet.config))
+    modules, _ = lora.modules(family, _denoiser_config(pipe))
     missing = sorted({m.name for m in modules} - _loaded_modules(pipe))
     if missing:
         raise BoothkitError(
@@ -1012,12 +1111,21 @@ def _merge(base_model_dir: Path, source: LoraFile, *, scale: float, output: Path
         source.tensors, pipe, lora_name=f"LoRA {source.path}", lora_family=guess_lora_family(source)
     )
     family = pipeline_family(pipe)
+    if family == "flux1" and single_file:
+        raise BoothkitError(
+            "--single-file is not available for Flux.1 yet: boothkit writes the SD 1.x / 2.x / SDXL layout only",
+            hint="merge into a diffusers folder (drop --single-file)",
+        )
     embeddings = run_embeddings(source.path)
     if embeddings is not None and not single_file:
         load_embeddings(pipe, embeddings)  # the merged folder's tokenizer and text encoder learn the token
     elif embeddings is not None:
         _refuse_existing(embeddings_path(Path(output)), MERGED_KEY, [embeddings], [Path(base_model_dir)])
-    _load_into(pipe, source.path, "boothkit_merge")
+    if family == "flux1":  # its layers as diffusers reads them at any size, alphas folded in
+        modules, _ = source.modules(family, _denoiser_config(pipe))
+        pipe.load_lora_weights(_scaled_state_dict(modules), adapter_name="boothkit_merge")
+    else:
+        _load_into(pipe, source.path, "boothkit_merge")
     _refuse_partial_load(source, pipe, family)
     adapted = sorted({name.split(".")[0] for name in _loaded_modules(pipe)})
     pipe.fuse_lora(components=adapted, lora_scale=scale, adapter_names=["boothkit_merge"])

@@ -403,7 +403,9 @@ def openclip_to_ldm(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.T
 
 
 def pipeline_family(pipe: Any) -> FamilyName:
-    """SD1 / SD2 / SDXL of a loaded pipeline, from its components (not its name)."""
+    """SD1 / SD2 / SDXL / Flux.1 of a loaded pipeline, from its components (not its name)."""
+    if type(getattr(pipe, "transformer", None)).__name__ == "FluxTransformer2DModel":
+        return "flux1"
     if getattr(pipe, "text_encoder_2", None) is not None:
         return "sdxl"
     config = pipe.unet.config
