@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -10,6 +11,7 @@ from safetensors.torch import load_file
 from boothkit.config import TrainConfig
 from boothkit.errors import BoothkitError
 from boothkit.families import load_model
+from boothkit.outputs import encode_sample_prompts, sample_images
 from boothkit.train import train
 from conftest import fast_settings, make_photos
 
@@ -514,3 +516,31 @@ def test_a_broken_class_image_is_named_unless_skip_invalid(tiny_model, photos, t
         train(config("a"), progress=False, log=lambda s: None)
     result = train(config("b", skip_invalid=True), progress=False, log=lambda s: None)
     assert (result.output / "pytorch_lora_weights.safetensors").is_file()
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_the_text_encoders_work_only_while_the_run_prepares(tiny_model, photos, tmp_path, method) -> None:
+    """With no text encoder training, every prompt (the validation prompts too) is encoded once, before
+    the loop, so the encoders can leave the accelerator: a run that samples four times calls them as
+    often as one that samples once, and the grids are what the pipeline draws from the prompt itself."""
+    calls = []
+    for steps in (1, 4):
+        model = load_model(str(tiny_model("sd1")))
+        count = [0]
+        for encoder in model.text_encoders:
+            encoder.register_forward_hook(lambda *_, n=count: n.__setitem__(0, n[0] + 1))
+        out = tmp_path / f"run{steps}"
+        config = _config(
+            tiny_model("sd1"), photos, out, steps=steps, sample_every=1, prior=False, method=method
+        )
+        train(config, model=model, progress=False, log=lambda s: None)
+        calls.append(count[0])
+    assert calls[0] == calls[1] > 0
+
+    prompt = "a photo of sks dog"
+    before = count[0]
+    drawn = sample_images(model, [prompt], [0], 32, 2)[0][0]
+    assert count[0] > before  # this one encodes its prompt
+    cached = sample_images(model, [prompt], [0], 32, 2, encode_sample_prompts(model, [prompt]))[0][0]
+    diff = torch.tensor(np.asarray(drawn, dtype=np.float32) - np.asarray(cached, dtype=np.float32)).abs()
+    assert diff.max() <= 1  # 8-bit images: the same picture

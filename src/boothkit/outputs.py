@@ -7,7 +7,7 @@ import json
 import math
 import shlex
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,22 +28,51 @@ from boothkit.run import Run, TrainResult
 from boothkit.templates import render_prompt
 
 
+def _half(model: Family) -> torch.dtype:
+    """The dtype sampling autocasts to: the frozen weights' (bf16/fp16), while the VAE (and a fully
+    trained denoiser) stay fp32."""
+    dtypes = {model.denoiser.dtype, *(e.dtype for e in model.text_encoders)} - {torch.float32}
+    return next(iter(dtypes), torch.float32)
+
+
+@torch.no_grad()
+def encode_sample_prompts(model: Family, prompts: list[str]) -> dict[str, dict[str, Any]]:
+    """The validation prompts encoded once, as the pipeline's call arguments, so sampling during
+    training needs no text encoder (and the encoders can leave the accelerator)."""
+    pipe = model.pipeline()
+    half = _half(model)
+    with torch.autocast(model.denoiser.device.type, dtype=half, enabled=half != torch.float32):
+        return {
+            p: model.prompt_embeddings(pipe, p, "", model.default_guidance) for p in dict.fromkeys(prompts)
+        }
+
+
 @torch.no_grad()
 def sample_images(
-    model: Family, prompts: list[str], seeds: list[int], resolution: int, steps: int
+    model: Family,
+    prompts: list[str],
+    seeds: list[int],
+    resolution: int,
+    steps: int,
+    encoded: Mapping[str, dict[str, Any]] | None = None,
 ) -> list[list[Any]]:
-    """Rows of images: one row per prompt, one column per seed, fixed generators."""
+    """Rows of images: one row per prompt, one column per seed, fixed generators. A prompt in
+    ``encoded`` (:func:`encode_sample_prompts`) is not encoded again."""
     pipe = model.pipeline()
     pipe.set_progress_bar_config(disable=True)
     rows = []
-    # Frozen weights may be bf16/fp16 while the VAE (and a fully trained UNet) stay fp32.
-    dtypes = {model.denoiser.dtype, *(e.dtype for e in model.text_encoders)} - {torch.float32}
-    half = next(iter(dtypes), torch.float32)
+    half = _half(model)
     for prompt in prompts:
         generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        given = (encoded or {}).get(prompt)
+        text: dict[str, Any] = (
+            {"prompt": [prompt] * len(seeds)}
+            if given is None
+            else {k: torch.cat([v] * len(seeds)) for k, v in given.items()}
+        )
         with torch.autocast(model.denoiser.device.type, dtype=half, enabled=half != torch.float32):
             result = pipe(
-                [prompt] * len(seeds),
+                **text,
                 num_inference_steps=steps,
                 height=resolution,
                 width=resolution,
@@ -54,7 +83,13 @@ def sample_images(
 
 
 def save_samples(
-    model: Family, config: TrainConfig, resolution: int, path: Path, step: int, token: str | None = None
+    model: Family,
+    config: TrainConfig,
+    resolution: int,
+    path: Path,
+    step: int,
+    token: str | None = None,
+    encoded: Mapping[str, dict[str, Any]] | None = None,
 ) -> Path:
     was_training = model.denoiser.training
     model.denoiser.eval()
@@ -62,7 +97,7 @@ def save_samples(
         render_prompt(p, token=token or config.token, class_noun=config.class_noun)
         for p in config.sample_prompts
     ]
-    rows = sample_images(model, prompts, list(config.sample_seeds), resolution, config.sample_steps)
+    rows = sample_images(model, prompts, list(config.sample_seeds), resolution, config.sample_steps, encoded)
     grid = labelled_grid(
         rows, row_labels=prompts, col_labels=[f"seed {s}" for s in config.sample_seeds], title=f"step {step}"
     )

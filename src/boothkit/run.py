@@ -59,6 +59,8 @@ class Run:
     warnings: list[str]
     class_image_seconds: float = 0.0
     skipped: list[str] = field(default_factory=list)  # files --skip-invalid left out, 'file: reason'
+    # The validation prompts as pipeline arguments, when no text encoder trains (`encode_sample_prompts`).
+    encoded_samples: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def trainable_modules(self) -> dict[str, torch.nn.Module]:
         return {self.model.denoiser_name: self.model.denoiser, **self.model.trainable_text_encoders()}

@@ -47,7 +47,7 @@ from boothkit.losses import (
 )
 from boothkit.metadata import run_metadata
 from boothkit.methods import TrainingMethod, get_method
-from boothkit.outputs import RunLogger, save_samples, write_summary
+from boothkit.outputs import RunLogger, encode_sample_prompts, save_samples, write_summary
 from boothkit.preflight import Preflight, preflight, refuse_changed_run, resolve_device, token_warnings
 from boothkit.prior import class_images, prior_prompts
 from boothkit.run import Run, RunFolder, TrainResult, open_run
@@ -98,9 +98,11 @@ def prepare(
     for w in warnings:
         log(f"warning: {w}")
     resolution = config.resolution or model.default_resolution
-    if resolution % (model.vae_scale_factor * 2):
+    multiple = model.vae_scale_factor * 2  # Flux packs 2x2 latents; SD's UNets halve them at least once
+    if resolution % multiple:
         raise BoothkitError(
-            f"--resolution {resolution} must be a multiple of {model.vae_scale_factor * 2} for this model"
+            f"--resolution {resolution} must be a multiple of {multiple} for this model",
+            hint=f"try --resolution {max(multiple, round(resolution / multiple) * multiple)}",
         )
 
     # Prior images are made by the base model, before any adapter or token is added.
@@ -134,7 +136,9 @@ def prepare(
             warnings.append(note)
     bg = parse_color(config.alpha_background)
     sizes = (
-        bucket_sizes(images, resolution, bg) if config.buckets else [(resolution, resolution)] * len(images)
+        bucket_sizes(images, resolution, bg, multiple=multiple)
+        if config.buckets
+        else [(resolution, resolution)] * len(images)
     )
     instances = encode_images(
         model,
@@ -163,7 +167,14 @@ def prepare(
         for size in sorted(set(sizes))
         if prior_paths
     }
-    embeddings = {} if method.trains_text_encoder else encode_prompt_set(model, [*prompts, *class_prompts])
+    embeddings: dict[str, Conditioning] = {}
+    encoded_samples: dict[str, dict[str, Any]] = {}
+    if not method.trains_text_encoder:
+        embeddings = encode_prompt_set(model, [*prompts, *class_prompts])
+        encoded_samples = encode_sample_prompts(model, samples)
+        # No prompt is encoded again: the text encoders (T5-XXL alone is ~9 GB) leave the accelerator.
+        for encoder in model.text_encoders:
+            encoder.to("cpu")
     if config.gradient_checkpointing:
         model.denoiser.enable_gradient_checkpointing()
         if method.trains_text_encoder:
@@ -196,6 +207,7 @@ def prepare(
         warnings=warnings,
         class_image_seconds=class_image_seconds,
         skipped=list(prior.skipped) if prior else [],
+        encoded_samples=encoded_samples,
     )
 
 
@@ -509,6 +521,8 @@ def _train(
         # that stopped says why in its marker; resume accepts any run that is not complete.
         bar.close()
         logger.close()
+        for encoder in model.text_encoders:  # back where they were loaded, for whoever passed the model
+            encoder.to(run.device)
         if ending is not None:
             folder.stop(ending.pop("status"), **ending)
 
@@ -524,7 +538,7 @@ def sample_grid(run: Run, step: int) -> Path:
     """The validation grid at ``step`` (fixed prompts and seeds), in the run's samples folder."""
     path = run.out / SAMPLES_DIR / f"{step_name(step)}.png"
     token = run.method.prompt_token(run.config.token)
-    return save_samples(run.model, run.config, run.resolution, path, step, token)
+    return save_samples(run.model, run.config, run.resolution, path, step, token, run.encoded_samples)
 
 
 def save(

@@ -76,3 +76,20 @@ def test_default_step_and_bad_input() -> None:
         assign_bucket(0, 10, [(64, 64)])
     with pytest.raises(ValueError):
         assign_bucket(10, 10, [])
+
+
+def test_buckets_keep_the_multiple_a_models_latents_need(tmp_path) -> None:
+    """Flux packs 2x2 latent tokens, so its sides are multiples of 16 even where 8 would do for SD."""
+    from PIL import Image
+
+    from boothkit.data.order import bucket_sizes
+
+    paths = []
+    for i, size in enumerate([(300, 200), (200, 300), (250, 170)]):
+        paths.append(tmp_path / f"{i}.png")
+        Image.new("RGB", size).save(paths[-1])
+    sd = bucket_sizes(paths, 240, (255, 255, 255))
+    flux = bucket_sizes(paths, 240, (255, 255, 255), multiple=16)
+    assert any(w % 16 or h % 16 for w, h in sd)  # 8 is SD's step at this size
+    assert all(w % 16 == 0 and h % 16 == 0 for w, h in flux)
+    assert [w > h for w, h in flux] == [w > h for w, h in sd]

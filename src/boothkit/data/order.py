@@ -3,11 +3,12 @@ replays exactly the batches an uninterrupted one would have seen."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
 
-from boothkit.data.buckets import assign_bucket, make_buckets
+from boothkit.data.buckets import assign_bucket, default_step, make_buckets
 from boothkit.data.cache import CachedImage
 from boothkit.data.images import load_image
 from boothkit.families import Family
@@ -43,8 +44,10 @@ def batch_latents(
 
 
 def bucket_sizes(
-    images: list[Path], resolution: int, background: tuple[int, int, int]
+    images: list[Path], resolution: int, background: tuple[int, int, int], *, multiple: int = 8
 ) -> list[tuple[int, int]]:
-    """Each photo's aspect-ratio bucket (width, height), from its upright size."""
-    buckets = make_buckets(resolution)
+    """Each photo's aspect-ratio bucket (width, height), from its upright size; each side a multiple
+    of ``multiple`` (a divisor of ``resolution``: what the model's latents need, 16 for Flux's packed
+    2x2 tokens)."""
+    buckets = make_buckets(resolution, step=math.lcm(default_step(resolution), multiple))
     return [assign_bucket(*load_image(p, alpha_background=background).size, buckets) for p in images]
