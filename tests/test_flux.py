@@ -15,12 +15,13 @@ import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
 from PIL import Image
-from safetensors.torch import load_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from boothkit.errors import BoothkitError
-from boothkit.families import load_model
+from boothkit.families import LoadOptions, load_model
 from boothkit.families.flux import latent_ids, pack_latents, unpack_latents
-from boothkit.files import LORA_FILE, MODEL_DIR
+from boothkit.files import LORA_FILE, MODEL_DIR, SINGLE_FILE
 from boothkit.losses import dreambooth_loss
 from boothkit.train import train
 from conftest import make_photos, run_cli, train_args, train_config
@@ -150,12 +151,28 @@ def test_a_flux_lora_trains_only_the_lora_and_loads_into_diffusers(tiny_model, p
 
 
 def test_a_flux_full_fine_tune_writes_a_pipeline_that_loads(tiny_model, photos, tmp_path) -> None:
+    """... and, with --save-single-file, its transformer as BFL's single file, which loads back; one
+    that trains the text encoder too is refused before training (the file would lose it)."""
     path = tiny_model("flux1-schnell")
     result = train(
-        train_config(path, photos, tmp_path / "run", method="full", steps=2, prior=False),
+        train_config(
+            path, photos, tmp_path / "run", method="full", steps=2, prior=False, save_single_file=True
+        ),
         progress=False,
         log=_quiet,
     )
+    single = load_model(str(result.output / SINGLE_FILE), LoadOptions(model_config=str(path)))
+    tuned_folder = load_model(str(result.output / MODEL_DIR))
+    assert all(
+        torch.equal(v, single.transformer.state_dict()[k])
+        for k, v in tuned_folder.transformer.state_dict().items()
+    )
+    refused = train_config(
+        path, photos, tmp_path / "te", method="full", save_single_file=True, train_text_encoder=True
+    )
+    with pytest.raises(BoothkitError, match="the trained text encoder would be left out"):
+        train(refused, progress=False, log=_quiet)
+    assert not (tmp_path / "te").exists()
     tuned = FluxPipeline.from_pretrained(result.output / MODEL_DIR)
     base = FluxPipeline.from_pretrained(path)
     changed = [
@@ -385,11 +402,84 @@ def test_a_merged_flux_draws_what_the_lora_draws(tiny_model, flux_run, tmp_path,
     with_lora = _image(pipe)
     merged_image = _image(FluxPipeline.from_pretrained(merged))
     assert np.abs(merged_image - with_lora).max() < 1e-4 < np.abs(with_lora - base).max()
+
+
+def test_a_merged_single_file_is_the_bfl_transformer_and_loads_back(
+    tiny_model, flux_run, photos, tmp_path, capsys
+) -> None:
+    """--single-file writes the merged transformer under BFL's names (what ComfyUI's and Forge's
+    diffusion-model loaders read); loaded back with the base's other components it draws what the
+    LoRA draws. A LoRA that adapts the text encoder too is refused: the file has no place for it."""
     single = tmp_path / "m.safetensors"
-    code, _, err = run_cli(
-        capsys, "export", str(flux_run), "--format", "merged", "--single-file", "--output", str(single)
+    args = ("--format", "merged", "--single-file", "--output", str(single))
+    code, _, err = run_cli(capsys, "export", str(flux_run), *args)
+    assert code == 2 and "adapts the text encoder too" in err and not single.exists()
+    config = train_config(tiny_model("flux1"), photos, tmp_path / "run", steps=4, lr=5e-2)
+    run = train(config, progress=False, log=_quiet).output
+    code, _, err = run_cli(capsys, "export", str(run), *args)
+    assert code == 0, err
+    with safe_open(str(single), "pt") as f:
+        keys, meta = set(f.keys()), f.metadata()
+    assert "double_blocks.0.img_attn.qkv.weight" in keys and "final_layer.adaLN_modulation.1.weight" in keys
+    assert meta["modelspec.architecture"] == "flux-1-dev"
+    pipe = FluxPipeline.from_pretrained(tiny_model("flux1"))
+    base = _image(pipe)
+    pipe.load_lora_weights(str(run))
+    with_lora = _image(pipe)
+    model = load_model(str(single), LoadOptions(model_config=str(tiny_model("flux1"))))
+    assert model.name == "flux1" and model.source.single_file
+    assert np.abs(_image(model.pipeline()) - with_lora).max() < 1e-4 < np.abs(with_lora - base).max()
+
+
+def test_the_bfl_layout_is_diffusers_own_single_file_conversion() -> None:
+    """At Flux.1's real widths (diffusers' converter assumes them), boothkit's reading of a BFL
+    checkpoint equals diffusers', and writing it back gives the same tensors. One column per layer
+    keeps it small: the conversion only moves rows."""
+    from diffusers.loaders.single_file_utils import convert_flux_transformer_checkpoint_to_diffusers
+
+    from boothkit.families import flux_layout
+
+    rows = {
+        "double_blocks.0.img_attn.qkv": 3 * 3072,
+        "double_blocks.0.txt_attn.qkv": 3 * 3072,
+        "single_blocks.0.linear1": 3 * 3072 + 12288,
+    }
+    g = torch.Generator().manual_seed(0)
+    bfl: dict[str, torch.Tensor] = {}
+    for layer in flux_layout.bfl_layers(1, 1) + ["final_layer.adaLN_modulation.1"]:
+        n = rows.get(layer, 6)
+        bfl[f"{layer}.weight"] = torch.randn(n, 1, generator=g)
+        bfl[f"{layer}.bias"] = torch.randn(n, generator=g)
+    for i, name in enumerate([*flux_layout.DOUBLE_NORMS, *flux_layout.SINGLE_NORMS]):
+        block = "double_blocks.0." if i < len(flux_layout.DOUBLE_NORMS) else "single_blocks.0."
+        bfl[block + name] = torch.randn(4, generator=g)
+    theirs = convert_flux_transformer_checkpoint_to_diffusers({k: v.clone() for k, v in bfl.items()})
+    ours, unmapped = flux_layout.from_bfl(
+        {flux_layout.COMFY_PREFIX + k: v for k, v in bfl.items()}, flux_layout.FluxDims(3072, 12288)
     )
-    assert code == 2 and "--single-file is not available for Flux.1 yet" in err
+    assert not unmapped and set(ours) == set(theirs)
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+    back, unmapped = flux_layout.to_bfl(ours)
+    assert not unmapped and set(back) == set(bfl) and all(torch.equal(back[k], bfl[k]) for k in bfl)
+
+
+def test_a_flux_single_file_needs_configs_that_fit(tiny_model, tmp_path) -> None:
+    from boothkit.families import flux_layout
+
+    folder = tiny_model("flux1")
+    schnell = tmp_path / "schnell.safetensors"
+    transformer = FluxPipeline.from_pretrained(tiny_model("flux1-schnell")).transformer
+    tensors, _ = flux_layout.to_bfl(transformer.state_dict())
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(schnell))
+    with pytest.raises(BoothkitError, match="one is guidance-distilled"):
+        load_model(str(schnell), LoadOptions(model_config=str(folder)))
+    with pytest.raises(BoothkitError, match="FLUX.1-schnell") as info:
+        load_model(str(schnell))  # offline, and the hub's configs are not in the cache
+    assert "--model-config" in (info.value.hint or "")
+    loaded = load_model(str(schnell), LoadOptions(model_config=str(tiny_model("flux1-schnell"))))
+    assert all(
+        torch.equal(v, loaded.transformer.state_dict()[k]) for k, v in transformer.state_dict().items()
+    )
 
 
 def test_a_flux_layer_without_a_bfl_name_is_refused_for_kohya(tiny_model, photos, tmp_path, capsys) -> None:

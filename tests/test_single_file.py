@@ -349,7 +349,7 @@ def test_generate_and_grid_read_a_single_files_configs_from_model_config(
     args = ["--model", str(path), "--steps", "2", "--width", "32", "--height", "32", "--quiet"]
     code = cli_main(["generate", *args, "--prompt", "a dog", "--output", str(tmp_path / "g")])
     err = capsys.readouterr().err
-    assert code == 2 and "single-file sd1 checkpoint" in err and "--model-config" in err
+    assert code == 2 and "single-file SD 1.x checkpoint" in err and "--model-config" in err
     assert "Traceback" not in err
     args += ["--model-config", str(models["sd1"])]
     assert cli_main(["generate", *args, "--prompt", "a dog", "--output", str(tmp_path / "g")]) == 0

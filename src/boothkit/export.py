@@ -31,8 +31,9 @@ from safetensors.torch import load_file, save_file
 from boothkit import flux_lora
 from boothkit.adapters import load_embeddings
 from boothkit.errors import BoothkitError
-from boothkit.families.base import FamilyName, load_pipeline_folder
+from boothkit.families.base import FAMILY_NAMES, FamilyName, load_pipeline_folder
 from boothkit.families.single_file import (
+    DENOISER_ONLY,
     SDXL_LAYOUT,
     UNetLayout,
     pipeline_family,
@@ -374,7 +375,7 @@ def _modules_from_kohya(
 
 
 def _flux_dims(transformer: Mapping[str, flux_lora.Layer]) -> flux_lora.FluxDims:
-    dims = flux_lora.FluxDims.from_layers(transformer)
+    dims = flux_lora.dims_of_layers(transformer)
     if dims is None:
         raise BoothkitError(
             "cannot tell this Flux LoRA's attention width (it adapts no attn.to_q)",
@@ -1111,11 +1112,6 @@ def _merge(base_model_dir: Path, source: LoraFile, *, scale: float, output: Path
         source.tensors, pipe, lora_name=f"LoRA {source.path}", lora_family=guess_lora_family(source)
     )
     family = pipeline_family(pipe)
-    if family == "flux1" and single_file:
-        raise BoothkitError(
-            "--single-file is not available for Flux.1 yet: boothkit writes the SD 1.x / 2.x / SDXL layout only",
-            hint="merge into a diffusers folder (drop --single-file)",
-        )
     embeddings = run_embeddings(source.path)
     if embeddings is not None and not single_file:
         load_embeddings(pipe, embeddings)  # the merged folder's tokenizer and text encoder learn the token
@@ -1128,6 +1124,13 @@ def _merge(base_model_dir: Path, source: LoraFile, *, scale: float, output: Path
         _load_into(pipe, source.path, "boothkit_merge")
     _refuse_partial_load(source, pipe, family)
     adapted = sorted({name.split(".")[0] for name in _loaded_modules(pipe)})
+    if family in DENOISER_ONLY and single_file and len(adapted) > 1:
+        raise BoothkitError(
+            f"LoRA {source.path} adapts the text encoder too, and a {FAMILY_NAMES[family]} single file "
+            "holds the transformer alone (the VAE and text encoders are loaded beside it): the text "
+            "encoder's part would be lost",
+            hint="merge into a diffusers folder (drop --single-file), or train without --train-text-encoder",
+        )
     pipe.fuse_lora(components=adapted, lora_scale=scale, adapter_names=["boothkit_merge"])
     pipe.unload_lora_weights()
     # The LoRA's description, minus kohya's network keys (tools read those as "this file is a LoRA").

@@ -12,114 +12,54 @@ alpha / rank) and their ``up`` matrices on a block diagonal, so
 row block by row block, with rank the sum of the parts' ranks and alpha equal to it (scale 1). The
 way back splits ``up`` by rows and gives each part the fused ``down``: again exact. A layer is a
 ``(down (r, in), up (out, r), alpha)`` triple; its weight update is ``up @ down * alpha / r``.
+Which diffusers module sits in which BFL layer is :mod:`boothkit.families.flux_layout`'s table.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
 
 import torch
 
+from boothkit.families.flux_layout import DOUBLE, SINGLE, TOP, FluxDims, bfl_layer, diffusers_modules
+
 Layer = tuple[torch.Tensor, torch.Tensor, float]  # down (rank, in), up (out, rank), alpha
 
-# Per double block: BFL name -> diffusers module path(s) inside the block.
-_DOUBLE: dict[str, str | tuple[str, ...]] = {
-    "img_attn_qkv": ("attn.to_q", "attn.to_k", "attn.to_v"),
-    "txt_attn_qkv": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"),
-    "img_attn_proj": "attn.to_out.0",
-    "txt_attn_proj": "attn.to_add_out",
-    "img_mlp_0": "ff.net.0.proj",
-    "img_mlp_2": "ff.net.2",
-    "txt_mlp_0": "ff_context.net.0.proj",
-    "txt_mlp_2": "ff_context.net.2",
-    "img_mod_lin": "norm1.linear",
-    "txt_mod_lin": "norm1_context.linear",
-}
-_SINGLE: dict[str, str | tuple[str, ...]] = {
-    "linear1": ("attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"),
-    "linear2": "proj_out",
-    "modulation_lin": "norm.linear",
-}
-_TOP: dict[str, str] = {
-    "img_in": "x_embedder",
-    "txt_in": "context_embedder",
-    "time_in_in_layer": "time_text_embed.timestep_embedder.linear_1",
-    "time_in_out_layer": "time_text_embed.timestep_embedder.linear_2",
-    "guidance_in_in_layer": "time_text_embed.guidance_embedder.linear_1",
-    "guidance_in_out_layer": "time_text_embed.guidance_embedder.linear_2",
-    "vector_in_in_layer": "time_text_embed.text_embedder.linear_1",
-    "vector_in_out_layer": "time_text_embed.text_embedder.linear_2",
-    "final_layer_linear": "proj_out",
-}
-_BLOCK = re.compile(r"^(transformer_blocks|single_transformer_blocks)\.(\d+)\.(.+)$")
-_KOHYA_BLOCK = re.compile(r"^(double_blocks|single_blocks)_(\d+)_(.+)$")
 PREFIX = "lora_unet_"
+_KOHYA_BLOCK = re.compile(r"^(double_blocks|single_blocks)_(\d+)_(.+)$")
+# kohya writes BFL's dotted names with underscores: the way back, per block kind and at the top.
+_UNDERSCORED = {
+    "double_blocks": {n.replace(".", "_"): n for n in DOUBLE},
+    "single_blocks": {n.replace(".", "_"): n for n in SINGLE},
+}
+_TOP_UNDERSCORED = {n.replace(".", "_"): n for n in TOP}
 
 
-@dataclass(frozen=True)
-class FluxDims:
-    """The widths a fused layer is split by: attention (heads x head dim) and the single blocks' MLP."""
-
-    inner: int
-    mlp: int
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> FluxDims:
-        inner = int(config["num_attention_heads"]) * int(config["attention_head_dim"])
-        return cls(inner, int(inner * 4.0))  # Flux's mlp_ratio
-
-    @classmethod
-    def from_layers(cls, layers: Mapping[str, Layer]) -> FluxDims | None:
-        """Read off the LoRA itself: a q projection's output width, the MLP's when it is adapted."""
-        inner = next((up.shape[0] for path, (_, up, _) in layers.items() if path.endswith("attn.to_q")), None)
-        if inner is None:
-            return None
-        mlp = next(
-            (up.shape[0] for path, (_, up, _) in layers.items() if path.endswith("proj_mlp")), 4 * inner
-        )
-        return cls(int(inner), int(mlp))
-
-    def widths(self, parts: tuple[str, ...]) -> list[int]:
-        return [self.mlp if p == "proj_mlp" else self.inner for p in parts]
+def dims_of_layers(layers: Mapping[str, Layer]) -> FluxDims | None:
+    """The widths read off the LoRA itself: a q projection's output width, the MLP's when it is adapted."""
+    inner = next((up.shape[0] for path, (_, up, _) in layers.items() if path.endswith("attn.to_q")), None)
+    if inner is None:
+        return None
+    mlp = next((up.shape[0] for path, (_, up, _) in layers.items() if path.endswith("proj_mlp")), 4 * inner)
+    return FluxDims(int(inner), int(mlp))
 
 
-def bfl_layer(path: str) -> tuple[str, int] | None:
-    """The BFL layer a diffusers module of the transformer belongs to, and its place in a fused
-    layer (0 for an unfused one); None when it has no BFL counterpart."""
-    m = _BLOCK.match(path)
-    if m is None:
-        top = next((bfl for bfl, p in _TOP.items() if p == path), None)
-        return (top, 0) if top else None
-    kind, index, inner = m.groups()
-    table, bfl_kind = (
-        (_DOUBLE, "double_blocks") if kind == "transformer_blocks" else (_SINGLE, "single_blocks")
-    )
-    for name, parts in table.items():
-        if parts == inner:
-            return f"{bfl_kind}_{index}_{name}", 0
-        if isinstance(parts, tuple) and inner in parts:
-            return f"{bfl_kind}_{index}_{name}", parts.index(inner)
-    return None
+def kohya_name(bfl: str) -> str:
+    """``double_blocks.0.img_attn.qkv`` -> ``lora_unet_double_blocks_0_img_attn_qkv``."""
+    return PREFIX + bfl.replace(".", "_")
 
 
-def _parts(bfl: str) -> tuple[str, ...] | None:
-    """The diffusers paths a BFL layer stands for (several for a fused one); None if unknown."""
-    if bfl in _TOP:
-        return (_TOP[bfl],)
-    m = _KOHYA_BLOCK.match(bfl)
+def bfl_name(kohya: str) -> str | None:
+    """The way back (without the prefix); None for a name that is no BFL layer."""
+    if kohya in _TOP_UNDERSCORED:
+        return _TOP_UNDERSCORED[kohya]
+    m = _KOHYA_BLOCK.match(kohya)
     if m is None:
         return None
     kind, index, name = m.groups()
-    table, block = (
-        (_DOUBLE, "transformer_blocks") if kind == "double_blocks" else (_SINGLE, "single_transformer_blocks")
-    )
-    parts = table.get(name)
-    if parts is None:
-        return None
-    return tuple(f"{block}.{index}.{p}" for p in ((parts,) if isinstance(parts, str) else parts))
+    dotted = _UNDERSCORED[kind].get(name)
+    return f"{kind}.{index}.{dotted}" if dotted else None
 
 
 def delta(layer: Layer) -> torch.Tensor:
@@ -142,15 +82,16 @@ def to_kohya(layers: Mapping[str, Layer], dims: FluxDims) -> tuple[dict[str, tor
         groups.setdefault(place[0], {})[place[1]] = layer
     out: dict[str, torch.Tensor] = {}
     for bfl, members in groups.items():
-        parts = _parts(bfl)
+        parts = diffusers_modules(bfl)
         assert parts is not None
+        name = kohya_name(bfl)
         if len(parts) == 1:
             down, up, alpha = members[0]
-            out[f"{PREFIX}{bfl}.lora_down.weight"] = down
-            out[f"{PREFIX}{bfl}.lora_up.weight"] = up
-            out[f"{PREFIX}{bfl}.alpha"] = torch.tensor(float(alpha))
+            out[f"{name}.lora_down.weight"] = down
+            out[f"{name}.lora_up.weight"] = up
+            out[f"{name}.alpha"] = torch.tensor(float(alpha))
             continue
-        widths = dims.widths(tuple(p.rsplit(".", 1)[-1] for p in parts))
+        widths = dims.widths(parts)
         present = sorted(members)
         ranks = [members[j][0].shape[0] for j in present]
         rank = sum(ranks)
@@ -164,9 +105,9 @@ def to_kohya(layers: Mapping[str, Layer], dims: FluxDims) -> tuple[dict[str, tor
                 raise ValueError(f"{parts[j]}: {block.shape[0]} outputs, the fused layer expects {widths[j]}")
             up[row[j] : row[j + 1], col : col + r] = block
             col += r
-        out[f"{PREFIX}{bfl}.lora_down.weight"] = down.to(sample.dtype)
-        out[f"{PREFIX}{bfl}.lora_up.weight"] = up.to(sample.dtype)
-        out[f"{PREFIX}{bfl}.alpha"] = torch.tensor(float(rank))
+        out[f"{name}.lora_down.weight"] = down.to(sample.dtype)
+        out[f"{name}.lora_up.weight"] = up.to(sample.dtype)
+        out[f"{name}.alpha"] = torch.tensor(float(rank))
     return out, unmapped
 
 
@@ -182,19 +123,20 @@ def from_kohya(tensors: Mapping[str, torch.Tensor], dims: FluxDims) -> tuple[dic
             continue
         groups.setdefault(name[len(PREFIX) :], {})[suffix] = value
     layers: dict[str, Layer] = {}
-    for bfl, group in groups.items():
-        parts = _parts(bfl)
+    for kohya, group in groups.items():
+        bfl = bfl_name(kohya)
+        parts = None if bfl is None else diffusers_modules(bfl)
         if parts is None or "lora_down.weight" not in group or "lora_up.weight" not in group:
-            unmapped.extend(f"{PREFIX}{bfl}.{s}" for s in group)
+            unmapped.extend(f"{PREFIX}{kohya}.{s}" for s in group)
             continue
         down, up = group["lora_down.weight"], group["lora_up.weight"]
         alpha = float(group["alpha"].item()) if "alpha" in group else float(down.shape[0])
         if len(parts) == 1:
             layers[parts[0]] = (down, up, alpha)
             continue
-        widths = dims.widths(tuple(p.rsplit(".", 1)[-1] for p in parts))
+        widths = dims.widths(parts)
         if sum(widths) != up.shape[0]:
-            unmapped.append(f"{PREFIX}{bfl} ({up.shape[0]} outputs, not {sum(widths)})")
+            unmapped.append(f"{PREFIX}{kohya} ({up.shape[0]} outputs, not {sum(widths)})")
             continue
         for path, block in zip(parts, torch.split(up, widths, dim=0), strict=True):
             if bool(block.abs().sum() > 0):
@@ -202,4 +144,14 @@ def from_kohya(tensors: Mapping[str, torch.Tensor], dims: FluxDims) -> tuple[dic
     return layers, unmapped
 
 
-__all__ = ["PREFIX", "FluxDims", "Layer", "bfl_layer", "delta", "from_kohya", "to_kohya"]
+__all__ = [
+    "PREFIX",
+    "FluxDims",
+    "Layer",
+    "bfl_name",
+    "delta",
+    "dims_of_layers",
+    "from_kohya",
+    "kohya_name",
+    "to_kohya",
+]

@@ -14,18 +14,26 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import DDPMScheduler, DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+from accelerate import init_empty_weights
+from diffusers import (
+    DDPMScheduler,
+    DiffusionPipeline,
+    FluxTransformer2DModel,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+)
 from huggingface_hub import constants, snapshot_download
 from huggingface_hub.errors import HFValidationError
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from boothkit.errors import BoothkitError
+from boothkit.families import flux_layout
 from boothkit.families.base import FAMILY_NAMES, Family, FamilyName, LoadOptions, ModelSource
 from boothkit.families.flux import Flux
 from boothkit.families.sd import SD
 from boothkit.families.sdxl import SDXL
-from boothkit.families.single_file import detect_single_file_family
+from boothkit.families.single_file import detect_single_file_family, is_flux_dev
 
 SUPPORTED = (
     "Stable Diffusion 1.x and 2.x (StableDiffusionPipeline), SDXL (StableDiffusionXLPipeline) and "
@@ -37,7 +45,9 @@ DEFAULT_SINGLE_FILE_CONFIGS: dict[str, str] = {
     "sd1": "stable-diffusion-v1-5/stable-diffusion-v1-5",
     "sd2": "stabilityai/stable-diffusion-2-1",
     "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
+    "flux1": "black-forest-labs/FLUX.1-dev",
 }
+FLUX_SCHNELL_CONFIG = "black-forest-labs/FLUX.1-schnell"  # for a Flux.1 file without a guidance input
 
 # Only what a diffusers pipeline needs: configs, tokenizer files, safetensors weights (no pickles,
 # no fp16 duplicates, no multi-GB single-file checkpoints at the repo root).
@@ -192,7 +202,11 @@ def load_model(spec: str, options: LoadOptions | None = None) -> Family:
         else:
             check_safetensors(path)
             family, components, source = _load_single_file(spec, path, opts)
-        prediction: str = components["scheduler"].config.get("prediction_type", "epsilon")
+        prediction: str = (
+            "flow"
+            if family in FLOW_PIPELINES.values()
+            else components["scheduler"].config.get("prediction_type", "epsilon")
+        )
     else:
         family, prediction = detect_family(path)
         components = _load_folder(path, family, opts)
@@ -279,34 +293,86 @@ def _load_single_file(
     spec: str, path: Path, opts: LoadOptions
 ) -> tuple[FamilyName, dict[str, Any], ModelSource]:
     family: FamilyName = detect_single_file_family(path)
-    config = opts.model_config or DEFAULT_SINGLE_FILE_CONFIGS[family]
-    if opts.model_config is not None and Path(opts.model_config).expanduser().exists():
-        config = str(Path(opts.model_config).expanduser().resolve())
-    elif "/" in config and not Path(config).exists():
+    default = DEFAULT_SINGLE_FILE_CONFIGS[family]
+    if family == "flux1" and not is_flux_dev(path):
+        default = FLUX_SCHNELL_CONFIG
+    config = _single_file_configs(path, family, opts.model_config or default)
+    if family == "flux1":
+        components = _load_flux_transformer_file(path, config, opts)
+    else:
+        cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
         try:
-            config = str(_from_hub(config))
-        except BoothkitError as e:
+            pipe = cls.from_single_file(
+                str(path), config=config, torch_dtype=opts.dtype, local_files_only=True
+            )
+        except (OSError, ValueError, KeyError, RuntimeError) as e:
             raise BoothkitError(
-                f"{path} is a single-file {family} checkpoint, and the configs to build it from "
-                f"({config}) could not be read: {e.message}",
-                hint="pass --model-config with a local diffusers folder of the same family "
-                "(e.g. the base model this checkpoint was made from)",
+                f"could not load single-file checkpoint {path} as {family} with configs from {config}: {str(e).splitlines()[0]}",
+                hint="pass --model-config with the diffusers folder or hub id of the model this checkpoint was made from",
             ) from None
-
-    cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
-    try:
-        pipe = cls.from_single_file(str(path), config=config, torch_dtype=opts.dtype, local_files_only=True)
-    except (OSError, ValueError, KeyError, RuntimeError) as e:
-        raise BoothkitError(
-            f"could not load single-file checkpoint {path} as {family} with configs from {config}: {str(e).splitlines()[0]}",
-            hint="pass --model-config with the diffusers folder or hub id of the model this checkpoint was made from",
-        ) from None
-    components = dict(pipe.components)
-    components.pop("safety_checker", None)
+        components = dict(pipe.components)
+        components.pop("safety_checker", None)
     source = ModelSource(
         spec=spec, path=path, fingerprint=fingerprint(path), single_file=True, config_source=config
     )
     return family, components, source
+
+
+def _single_file_configs(path: Path, family: FamilyName, config: str) -> str:
+    """Where a single file's configs (and, for a transformer-only file, its other components) come
+    from: a local folder, or a hub id in the cache."""
+    if Path(config).expanduser().exists():
+        return str(Path(config).expanduser().resolve())
+    if "/" in config:
+        try:
+            return str(_from_hub(config))
+        except BoothkitError as e:
+            raise BoothkitError(
+                f"{path} is a single-file {FAMILY_NAMES[family]} checkpoint, and the configs to build it "
+                f"from ({config}) could not be read: {e.message}",
+                hint="pass --model-config with a local diffusers folder of the same family "
+                "(e.g. the base model this checkpoint was made from)",
+            ) from None
+    return config
+
+
+def _load_flux_transformer_file(path: Path, config: str, opts: LoadOptions) -> dict[str, Any]:
+    """A Flux.1 transformer from BFL's single file (bf16 or fp8, bare or ComfyUI-prefixed), with
+    the VAE, text encoders and scheduler of the diffusers folder ``config``."""
+    folder = Path(config)
+    transformer_config = _read_json(folder / "transformer" / "config.json")
+    if not transformer_config or detect_family(folder)[0] != "flux1":
+        raise BoothkitError(
+            f"{path} is a Flux.1 transformer; --model-config {config} is not a Flux.1 diffusers folder",
+            hint="pass --model-config with the FLUX.1-dev (or -schnell) diffusers folder or hub id",
+        )
+    with init_empty_weights():
+        transformer = FluxTransformer2DModel.from_config(transformer_config)
+    converted, unmapped = flux_layout.from_bfl(
+        load_file(str(path)), flux_layout.FluxDims.from_config(transformer_config)
+    )
+    expected = transformer.state_dict()
+    missing = [k for k in expected if k not in converted]
+    misfit = [k for k, v in converted.items() if k in expected and v.shape != expected[k].shape]
+    if unmapped or missing or misfit:
+        first = (unmapped or missing or misfit)[0]
+        guidance = bool(transformer_config.get("guidance_embeds")) != is_flux_dev(path)
+        raise BoothkitError(
+            f"{path} does not fit the Flux.1 transformer of {config}: {len(unmapped)} keys with no place, "
+            f"{len(missing)} weights missing, {len(misfit)} of another shape (first: {first})"
+            + ("; one is guidance-distilled (dev) and the other is not (schnell)" if guidance else ""),
+            hint="pass --model-config with the diffusers folder of the model this file was made from",
+        )
+    transformer.load_state_dict({k: v.to(opts.dtype) for k, v in converted.items()}, assign=True)
+    try:
+        pipe = DiffusionPipeline.from_pretrained(
+            folder, transformer=transformer, torch_dtype=opts.dtype, local_files_only=True
+        )
+    except (OSError, ValueError) as e:
+        raise BoothkitError(
+            f"could not load the diffusers model in {folder}: {str(e).splitlines()[0]}"
+        ) from None
+    return dict(pipe.components)
 
 
 def _assemble(

@@ -24,6 +24,7 @@ from safetensors import SafetensorError, safe_open
 
 from boothkit import __version__
 from boothkit.errors import BoothkitError
+from boothkit.families import flux_layout
 from boothkit.families.base import FamilyName, load_pipeline_folder
 from boothkit.io import atomic_save_safetensors
 
@@ -39,6 +40,9 @@ TEXT_ENCODER_LAYOUT: dict[str, list[tuple[str, str, str]]] = {
         ("text_encoder_2", "conditioner.embedders.1.model.", "openclip"),
     ],
 }
+
+# Families whose single file holds the denoiser alone (the VAE and text encoders are loaded beside it).
+DENOISER_ONLY: frozenset[str] = frozenset({"flux1"})
 
 # SAI model-spec architecture names (as kohya sd-scripts writes them) for a full checkpoint.
 MODELSPEC_ARCHITECTURE = {
@@ -415,8 +419,17 @@ def pipeline_family(pipe: Any) -> FamilyName:
 
 
 def pipeline_to_ldm(pipe: Any) -> dict[str, torch.Tensor]:
-    """All of a pipeline's weights under their single-file names."""
+    """All of a pipeline's weights under their single-file names (for Flux.1, the transformer alone
+    under BFL's names: the file ComfyUI's and Forge's diffusion-model loaders read, beside the
+    VAE and text encoders people already have)."""
     family = pipeline_family(pipe)
+    if family == "flux1":
+        tensors, unmapped = flux_layout.to_bfl(pipe.transformer.state_dict())
+        if unmapped:
+            raise BoothkitError(
+                f"{len(unmapped)} of the Flux.1 transformer's weights have no place in BFL's layout (first: {unmapped[0]})"
+            )
+        return tensors
     out: dict[str, torch.Tensor] = {}
     for key, value in unet_to_ldm(pipe.unet.state_dict(), pipe.unet.config).items():
         out[UNET_PREFIX + key] = value
@@ -439,6 +452,17 @@ def pipeline_to_ldm(pipe: Any) -> dict[str, torch.Tensor]:
 def default_metadata(pipe: Any) -> dict[str, str]:
     """The model-spec keys A1111 / ComfyUI / civitai read from a checkpoint's header."""
     family = pipeline_family(pipe)
+    if family == "flux1":
+        dev = bool(pipe.transformer.config.guidance_embeds)
+        return {
+            "format": "pt",
+            "modelspec.sai_model_spec": "1.0.0",
+            "modelspec.architecture": "flux-1-dev" if dev else "flux-1-schnell",
+            "modelspec.implementation": "https://github.com/black-forest-labs/flux",
+            "modelspec.resolution": "1024x1024",
+            "boothkit_family": family,
+            "boothkit_version": __version__,
+        }
     prediction = pipe.scheduler.config.get("prediction_type", "epsilon")
     size = int(pipe.unet.config.sample_size) * (2 ** (len(pipe.vae.config.block_out_channels) - 1))
     return {
@@ -460,7 +484,8 @@ def save_single_file(
     dtype: torch.dtype | None = None,
     metadata: dict[str, str] | None = None,
 ) -> Path:
-    """Write a diffusers SD1 / SD2 / SDXL pipeline as one single-file `.safetensors` checkpoint.
+    """Write a diffusers SD1 / SD2 / SDXL pipeline as one single-file `.safetensors` checkpoint (a
+    Flux.1 pipeline as its transformer in BFL's layout).
 
     `dtype` (e.g. torch.float16) casts floating-point weights, halving the file for sharing.
     `metadata` is merged over boothkit's model-spec defaults. The file appears atomically: a
@@ -524,11 +549,14 @@ def detect_single_file_family(path: Path) -> FamilyName:
             f"{path} is a LoRA, not a model checkpoint ({_describe(keys)})",
             hint="load the base model first and apply the LoRA to it",
         )
+    if flux_layout.is_bfl_checkpoint(keys):
+        return _flux_family(path, shapes)
     conv_in = shapes.get(UNET_PREFIX + "input_blocks.0.0.weight")
     if conv_in is None:
         raise BoothkitError(
             f"{path} has no Stable Diffusion UNet weights (no {UNET_PREFIX}input_blocks.*; found {_describe(keys)})",
-            hint="boothkit reads single-file SD 1.x / 2.x / SDXL checkpoints; pass a diffusers folder otherwise",
+            hint="boothkit reads single-file SD 1.x / 2.x / SDXL checkpoints and Flux.1 transformers; "
+            "pass a diffusers folder otherwise",
         )
     if len(conv_in) != 4 or conv_in[1] != 4:
         channels = conv_in[1] if len(conv_in) > 1 else "?"
@@ -553,3 +581,25 @@ def detect_single_file_family(path: Path) -> FamilyName:
     if any(k.startswith(UNET_PREFIX + "label_emb.") for k in keys):
         return "sdxl"
     return "sd1"
+
+
+# A Flux transformer's input width (latent channels x its 2x2 patch, plus what a variant adds).
+_FLUX_VARIANTS = {384: "a Flux.1 Fill (inpainting)", 128: "a Flux.1 Depth or Canny"}
+
+
+def _flux_family(path: Path, shapes: Mapping[str, tuple[int, ...]]) -> FamilyName:
+    """A Flux.1 transformer in BFL's names (bare, or inside ComfyUI's ``model.diffusion_model.``)."""
+    img_in = next(s for k, s in shapes.items() if k.removeprefix(flux_layout.COMFY_PREFIX) == "img_in.weight")
+    if len(img_in) == 2 and img_in[1] in _FLUX_VARIANTS:
+        raise BoothkitError(
+            f"{path} is {_FLUX_VARIANTS[img_in[1]]} model: its transformer takes {img_in[1]} input "
+            "channels, not the text-to-image model's 64",
+            hint="boothkit trains text-to-image models; use FLUX.1-dev or FLUX.1-schnell",
+        )
+    return "flux1"
+
+
+def is_flux_dev(path: Path) -> bool:
+    """Whether a Flux.1 single file has the guidance input of the guidance-distilled dev model."""
+    shapes, _ = read_header(path)
+    return any(k.removeprefix(flux_layout.COMFY_PREFIX).startswith("guidance_in.") for k in shapes)

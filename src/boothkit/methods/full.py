@@ -13,8 +13,8 @@ import torch
 from boothkit.checkpoint import all_finite
 from boothkit.config import TrainConfig
 from boothkit.errors import BoothkitError
-from boothkit.families import Family
-from boothkit.families.single_file import save_single_file
+from boothkit.families import FAMILY_NAMES, Family
+from boothkit.families.single_file import DENOISER_ONLY, save_single_file
 from boothkit.files import MODEL_DIR, SINGLE_FILE
 from boothkit.io import atomic_write_dir
 from boothkit.methods.base import fp32_trainable, without_network
@@ -59,6 +59,12 @@ class FullFineTune:
 
     def setup(self, model: Family, config: TrainConfig) -> list[dict[str, Any]]:
         self.save_single = config.save_single_file
+        if self.save_single and config.train_text_encoder and model.name in DENOISER_ONLY:
+            raise BoothkitError(
+                f"--save-single-file with --train-text-encoder: a {FAMILY_NAMES[model.name]} single file holds "
+                f"the {model.denoiser_name} alone, so the trained text encoder would be left out of it",
+                hint="drop --save-single-file (the run's model/ folder holds everything), or --train-text-encoder",
+            )
         self.denoiser_params = list(model.denoiser.named_parameters())
         groups: list[dict[str, Any]] = [
             {"params": fp32_trainable([p for _, p in self.denoiser_params]), "lr": config.lr}
