@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from boothkit.errors import BoothkitError
 from boothkit.families import LoadOptions, load_model
 from boothkit.families.flux import latent_ids, pack_latents, unpack_latents
-from boothkit.files import LORA_FILE, MODEL_DIR, SINGLE_FILE
+from boothkit.files import EMBEDDINGS_FILE, LORA_FILE, MODEL_DIR, SINGLE_FILE
 from boothkit.losses import dreambooth_loss
 from boothkit.train import train
 from conftest import make_photos, run_cli, train_args, train_config
@@ -248,7 +248,6 @@ def test_flux_bad_input_is_named(tiny_model, photos, tmp_path, capsys) -> None:
     flux, schnell = tiny_model("flux1"), tiny_model("flux1-schnell")
     out = tmp_path / "run"
     cases = [
-        (train_args(flux, photos, out, method="ti"), "--method ti is not available for Flux.1 yet"),
         (train_args(flux, photos, out, snr_gamma=5.0), "--snr-gamma does not apply to Flux.1"),
         (train_args(flux, photos, out, noise_offset=0.05), "--noise-offset does not apply to Flux.1"),
         (train_args(schnell, photos, out, train_guidance=3.5), "--train-guidance does not apply to Flux.1"),
@@ -322,6 +321,74 @@ def test_generate_grid_and_morph_draw_with_a_flux_lora(tiny_model, photos, tmp_p
         str(gif),
     )
     assert code == 0 and gif.is_file(), err
+
+
+# ----------------------------------------------------------------------------- a learned token
+
+
+def test_flux_textual_inversion_learns_a_token_in_clip_and_t5(tiny_model, photos, tmp_path) -> None:
+    """Only the new rows of CLIP's and T5's embedding matrices train; the file holds diffusers'
+    Flux layout ({"clip_l", "t5"}), which diffusers' own loader reads into both encoders, and
+    boothkit's generate draws what that draws."""
+    from boothkit.adapters import parse_adapter
+    from boothkit.pipelines import open_pipeline
+
+    path = tiny_model("flux1")
+    model = load_model(str(path))
+    before = [{k: v.clone() for k, v in e.state_dict().items()} for e in model.text_encoders]
+    transformer = {k: v.clone() for k, v in model.transformer.state_dict().items()}
+    config = train_config(path, photos, tmp_path / "run", method="ti", num_vectors=2, prior=False, ti_lr=5e-2)
+    result = train(config, model=model, progress=False, log=_quiet)
+    assert all(torch.equal(v, transformer[k]) for k, v in model.transformer.state_dict().items())
+    for encoder, tokenizer, base in zip(model.text_encoders, model.tokenizers, before, strict=True):
+        weight = encoder.get_input_embeddings().weight
+        ids = tokenizer.convert_tokens_to_ids(["<sks>", "<sks>_1"])
+        changed = {k for k, v in encoder.state_dict().items() if k not in base or not torch.equal(v, base[k])}
+        assert changed and all(weight.data_ptr() == encoder.state_dict()[k].data_ptr() for k in changed)
+        old = next(base[k] for k in changed)
+        assert torch.equal(weight[: old.shape[0]].detach(), old)  # every original row as it was
+        assert min(ids) >= old.shape[0]
+    embeds = load_file(result.output / EMBEDDINGS_FILE)
+    assert set(embeds) == {"clip_l", "t5"} and all(v.shape[0] == 2 for v in embeds.values())
+
+    pipe = FluxPipeline.from_pretrained(path)
+    words = _image(pipe, "a photo of dog dog dog")
+    pipe.load_textual_inversion(
+        embeds["clip_l"], token="<sks>", text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer
+    )
+    pipe.load_textual_inversion(
+        embeds["t5"], token="<sks>", text_encoder=pipe.text_encoder_2, tokenizer=pipe.tokenizer_2
+    )
+    theirs = _image(pipe, "a photo of <sks> dog")
+    ours = open_pipeline(str(path), [parse_adapter(str(result.output))])
+    assert np.abs(_image(ours, "a photo of <sks> dog") - theirs).max() < 1e-5
+    assert np.abs(theirs - words).max() > 1e-4
+
+
+def test_flux_pivotal_tuning_exports_with_its_token(tiny_model, photos, tmp_path, capsys) -> None:
+    from boothkit.adapters import parse_adapter
+    from boothkit.pipelines import open_pipeline
+
+    path = tiny_model("flux1")
+    config = train_config(
+        path, photos, tmp_path / "run", method="pivotal", ti_fraction=0.5, prior=False, lr=5e-2
+    )
+    run = train(config, progress=False, log=_quiet).output
+    assert (run / LORA_FILE).is_file() and (run / EMBEDDINGS_FILE).is_file()
+    prompt = "a photo of <sks> dog"
+    tuned = _image(open_pipeline(str(path), [parse_adapter(str(run))]), prompt)
+    assert np.abs(tuned - _image(open_pipeline(str(path), []), prompt)).max() > 1e-4
+
+    kohya = tmp_path / "k.safetensors"
+    code, _, err = run_cli(capsys, "export", str(run), "--format", "kohya", "--output", str(kohya))
+    assert code == 0, err
+    assert set(load_file(tmp_path / "k_emb.safetensors")) == {"clip_l", "t5"}
+    merged = tmp_path / "merged"
+    code, _, err = run_cli(capsys, "export", str(run), "--format", "merged", "--output", str(merged))
+    assert code == 0, err
+    pipe = FluxPipeline.from_pretrained(merged)
+    assert "<sks>" in pipe.tokenizer.get_vocab() and "<sks>" in pipe.tokenizer_2.get_vocab()
+    assert np.abs(_image(pipe, prompt) - tuned).max() < 1e-4
 
 
 # ----------------------------------------------------------------------------- export

@@ -170,16 +170,25 @@ def run_words(adapters: Sequence[Adapter]) -> tuple[str | None, str | None]:
 # ----------------------------------------------------------------------------- learned embeddings
 
 
+# An embeddings file's per-text-encoder keys (the families' `embedding_keys`) -> the pipeline's
+# text encoder and tokenizer they load into.
+EMBEDDING_TARGETS: dict[str, tuple[str, str]] = {
+    "clip_l": ("text_encoder", "tokenizer"),
+    "clip_g": ("text_encoder_2", "tokenizer_2"),
+    "t5": ("text_encoder_2", "tokenizer_2"),
+}
+
+
 def is_embeddings_file(path: Path) -> bool:
     """Textual-inversion embeddings: boothkit's file name, or a file whose tensors are all (n, D) vectors
-    under one token key or SDXL's clip_l/clip_g."""
+    under one token key or per text encoder (SDXL's clip_l/clip_g, Flux's clip_l/t5)."""
     if path.name == EMBEDDINGS_FILE:
         return True
     if path.suffix.lower() != ".safetensors":
         return False
     with safe_open(str(path), "pt") as f:
         keys = list(f.keys())
-    return bool(keys) and (set(keys) <= {"clip_l", "clip_g"} or (len(keys) == 1 and "lora" not in keys[0]))
+    return bool(keys) and (set(keys) <= set(EMBEDDING_TARGETS) or (len(keys) == 1 and "lora" not in keys[0]))
 
 
 def embeddings_of(adapter: Path) -> Path | None:
@@ -191,20 +200,20 @@ def embeddings_of(adapter: Path) -> Path | None:
     return beside if adapter.name == LORA_FILE and beside.exists() else None
 
 
-def read_embeddings(path: Path) -> tuple[str, list[torch.Tensor]]:
-    """(the token a run's embeddings file learned, its vectors per text encoder as [n, dim] tensors):
-    one tensor, or SDXL's two (``clip_l``, ``clip_g``)."""
+def read_embeddings(path: Path) -> tuple[str, dict[str, torch.Tensor]]:
+    """(the token a run's embeddings file learned, its vectors per text encoder as [n, dim] tensors,
+    keyed as in `EMBEDDING_TARGETS`, or by "" for a file of one text encoder's)."""
     with safe_open(str(path), "pt") as f:
         meta = f.metadata() or {}
     tensors = load_file(path)
     token = meta.get("boothkit_placeholder") or (next(iter(tensors)) if len(tensors) == 1 else None)
     if token is None:
         token = f"<{path.stem}>"
-    if "clip_l" in tensors:
-        vectors = [tensors["clip_l"], tensors["clip_g"]]
+    if set(tensors) <= set(EMBEDDING_TARGETS):
+        vectors = {k: tensors[k] for k in EMBEDDING_TARGETS if k in tensors}
     else:
-        vectors = [next(iter(tensors.values()))]
-    return token, [v.reshape(-1, v.shape[-1]) for v in vectors]
+        vectors = {"": next(iter(tensors.values()))}
+    return token, {k: v.reshape(-1, v.shape[-1]) for k, v in vectors.items()}
 
 
 def token_names(token: str, n: int) -> list[str]:
@@ -222,19 +231,18 @@ def load_embeddings(pipe: Any, path: Path) -> str:
             hint="runs used together need different tokens: train one of them with another --token, e.g. --token zwx",
         )
     try:
-        if len(vectors) == 2:  # SDXL: one set of vectors per text encoder
-            if getattr(pipe, "text_encoder_2", None) is None:
+        for key, v in vectors.items():
+            if not key:
+                pipe.load_textual_inversion(v, token=token)
+                continue
+            encoder, tokenizer = (getattr(pipe, name, None) for name in EMBEDDING_TARGETS[key])
+            if encoder is None:
                 raise BoothkitError(
-                    f"{path} holds SDXL embeddings (clip_l/clip_g) but the base model is not SDXL"
+                    f"{path} holds embeddings for {', '.join(vectors)}, and the base model has no "
+                    f"{EMBEDDING_TARGETS[key][0]} for {key}",
+                    hint="embeddings fit only the model family they were trained for",
                 )
-            pipe.load_textual_inversion(
-                vectors[0], token=token, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer
-            )
-            pipe.load_textual_inversion(
-                vectors[1], token=token, text_encoder=pipe.text_encoder_2, tokenizer=pipe.tokenizer_2
-            )
-        else:
-            pipe.load_textual_inversion(vectors[0], token=token)
+            pipe.load_textual_inversion(v, token=token, text_encoder=encoder, tokenizer=tokenizer)
     except (ValueError, RuntimeError) as e:
         raise BoothkitError(
             f"could not load embeddings {path} into this base model: {str(e).splitlines()[0]}",
@@ -273,7 +281,7 @@ class AdapterSet:
         self._names: dict[Path, str] = {}
         # Per embeddings file its (token, vectors per text encoder); per token the file loaded first;
         # per adapter its embeddings file, if it brings one.
-        self._vectors: dict[Path, tuple[str, list[torch.Tensor]]] = {}
+        self._vectors: dict[Path, tuple[str, dict[str, torch.Tensor]]] = {}
         self._first: dict[str, Path] = {}
         self._embeddings: dict[Path, Path | None] = {}
         self._active: tuple[tuple[Path, float], ...] | None = None
@@ -339,7 +347,7 @@ class AdapterSet:
         if first is None:
             load_embeddings(self.pipe, path)
             self._first[token] = path
-        elif [v.shape for v in vectors] != [v.shape for v in self._vectors[first][1]]:
+        elif [v.shape for v in vectors.values()] != [v.shape for v in self._vectors[first][1].values()]:
             raise BoothkitError(
                 f"{path} and {first} both learned {token}, with different numbers of vectors or widths",
                 hint="compare runs of the same family and --num-vectors, or train one with another --token",
@@ -367,11 +375,12 @@ class AdapterSet:
     def _use_vectors(self, embeddings: Sequence[Path]) -> None:
         """Put each learned token's vectors for this image into the text encoder(s)."""
         chosen = {self._vectors[path][0]: path for path in embeddings}
-        encoders = [e for e in (self.pipe.text_encoder, getattr(self.pipe, "text_encoder_2", None)) if e]
-        tokenizers = [t for t in (self.pipe.tokenizer, getattr(self.pipe, "tokenizer_2", None)) if t]
         for token, first in self._first.items():
             vectors = self._vectors[chosen.get(token, first)][1]
-            for encoder, tokenizer, v in zip(encoders, tokenizers, vectors, strict=False):
+            for key, v in vectors.items():
+                encoder, tokenizer = (
+                    getattr(self.pipe, n) for n in EMBEDDING_TARGETS.get(key, ("text_encoder", "tokenizer"))
+                )
                 ids = tokenizer.convert_tokens_to_ids(token_names(token, v.shape[0]))
                 weight = encoder.get_input_embeddings().weight
                 with torch.no_grad():

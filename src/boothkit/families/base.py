@@ -108,6 +108,13 @@ class Family(Protocol):
         ...
 
     @property
+    def embedding_keys(self) -> tuple[str, ...]:
+        """The keys of a learned token's embeddings file, one per text encoder in order, as the
+        family's tools write them (SDXL's ``clip_l``/``clip_g``, Flux's ``clip_l``/``t5``); empty
+        for one text encoder, whose file is keyed by the token itself (A1111's layout)."""
+        ...
+
+    @property
     def default_lora_targets(self) -> tuple[str, ...]:
         """The denoiser's modules a LoRA adapts unless --target-modules says otherwise (each family's
         reference training script's choice)."""

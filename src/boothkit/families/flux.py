@@ -66,9 +66,10 @@ def latent_ids(height: int, width: int, device: Any, dtype: torch.dtype) -> torc
 class Flux:
     prediction_type = "flow"
     denoiser_name = "transformer"
-    # A learned token would live in both CLIP and T5, saved as diffusers' Flux textual-inversion
-    # scripts save it; not built yet, so --method ti and pivotal are refused by name.
-    learns_tokens = False
+    # A learned token lives in both CLIP and T5, saved as diffusers' advanced Flux DreamBooth script
+    # saves it ({"clip_l", "t5"}), and loaded into each with `load_textual_inversion`.
+    learns_tokens = True
+    embedding_keys = ("clip_l", "t5")
     default_guidance = 3.5  # FluxPipeline's: the distilled guidance Flux.1-dev was made for
 
     def __init__(self, name: FamilyName, source: ModelSource, components: dict[str, Any]) -> None:

@@ -49,6 +49,7 @@ class SD:
         self.extra_components: dict[str, Any] = {}
 
     learns_tokens = True
+    embedding_keys: tuple[str, ...] = ()
     default_guidance = 7.5
 
     @property

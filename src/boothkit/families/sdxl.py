@@ -16,6 +16,8 @@ from boothkit.families.sd import SD
 
 
 class SDXL(SD):
+    embedding_keys = ("clip_l", "clip_g")
+
     def __init__(
         self,
         name: FamilyName,

@@ -4,7 +4,8 @@ New placeholder tokens are added to each tokenizer and their rows to each text e
 matrix, initialised from an existing word (the class noun by default). The whole matrix has a
 gradient, but after every optimizer step every other row is copied back from the original, so they
 are bit-identical at the end. The output `learned_embeds.safetensors` loads with
-`pipe.load_textual_inversion` ({placeholder: (n, D)} for SD 1.x/2.x; {"clip_l", "clip_g"} for SDXL).
+`pipe.load_textual_inversion` ({placeholder: (n, D)} for SD 1.x/2.x; per text encoder for the others,
+under the family's `embedding_keys`: {"clip_l", "clip_g"} for SDXL, {"clip_l", "t5"} for Flux.1).
 """
 
 from __future__ import annotations
@@ -64,7 +65,10 @@ class TextualInversion:
             init_ids = tokenizer.encode(init_word, add_special_tokens=False)
             if not init_ids:
                 raise BoothkitError(f"--initializer-token {init_word!r} encodes to nothing")
-            encoder.resize_token_embeddings(len(tokenizer))
+            # Never shrink: T5's matrix has spare rows past its tokenizer's vocabulary.
+            encoder.resize_token_embeddings(
+                max(len(tokenizer), encoder.get_input_embeddings().num_embeddings)
+            )
             weight = encoder.get_input_embeddings().weight
             ids = tokenizer.convert_tokens_to_ids(self.tokens)
             with torch.no_grad():
@@ -109,11 +113,8 @@ class TextualInversion:
             raise BoothkitError(
                 f"refusing to write {out_dir / EMBEDDINGS_FILE}: the embeddings are not finite"
             )
-        tensors = (
-            {"clip_l": vectors[0], "clip_g": vectors[1]}
-            if len(vectors) == 2
-            else {self.tokens[0]: vectors[0]}
-        )
+        keys = model.embedding_keys or (self.tokens[0],)
+        tensors = dict(zip(keys, vectors, strict=True))
         meta = {
             **metadata,
             "boothkit_placeholder": self.tokens[0],
