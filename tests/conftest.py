@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -131,3 +133,25 @@ def assert_refused(capsys: pytest.CaptureFixture[str], args: list[str], phrase: 
     assert code == 2, err
     assert phrase in err and "Traceback" not in err, err
     return err
+
+
+@contextmanager
+def crash_at_step(monkeypatch: pytest.MonkeyPatch, n: int) -> Iterator[None]:
+    """Inside: the n-th micro step of a training run raises RuntimeError("simulated crash"), as a
+    process that dies mid-run; after: steps run as they do."""
+    import boothkit.train as train_mod
+
+    original, calls = train_mod.micro_step, {"n": 0}
+
+    def crashing(*args: object, **kwargs: object) -> object:
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise RuntimeError("simulated crash")
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(train_mod, "micro_step", crashing)
+    try:
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            yield
+    finally:
+        monkeypatch.setattr(train_mod, "micro_step", original)

@@ -14,7 +14,7 @@ from boothkit.config import TrainConfig
 from boothkit.errors import BoothkitError
 from boothkit.families import load_model
 from boothkit.train import train
-from conftest import fast_settings
+from conftest import crash_at_step, fast_settings
 
 FAMILIES = ["sd1", "sd2", "sdxl"]
 PROMPT = "a photo of {} dog"
@@ -233,22 +233,10 @@ def test_method_flags_are_validated() -> None:
     ("method", "extra"), [("full", {"ema": True}), ("ti", {}), ("pivotal", {"ti_fraction": 0.5})]
 )
 def test_every_method_resumes_exactly(method, extra, tiny_model, photos, tmp_path, monkeypatch) -> None:
-    import boothkit.train as train_mod
-
     settings = {"steps": 4, "checkpoint_every": 2, "ti_lr": 0.05, **extra}
     _, _, _, ref = _run(tiny_model("sd1"), photos, tmp_path / "ref", method, **settings)
-    original, calls = train_mod.micro_step, {"n": 0}
-
-    def crash_at_step_3(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise RuntimeError("simulated crash")
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(train_mod, "micro_step", crash_at_step_3)
-    with pytest.raises(RuntimeError, match="simulated crash"):
+    with crash_at_step(monkeypatch, 3):
         _run(tiny_model("sd1"), photos, tmp_path / "run", method, **settings)
-    monkeypatch.setattr(train_mod, "micro_step", original)
     _, _, _, resumed = _run(tiny_model("sd1"), photos, tmp_path / "run", method, resume="latest", **settings)
     for name in (
         "pytorch_lora_weights.safetensors",

@@ -29,6 +29,7 @@ TimestepSampling = Literal["uniform", "logit_normal", "mode"]
 LossWeighting = Literal["none", "sigma_sqrt", "cosmap"]
 METHODS: tuple[str, ...] = get_args(Method)
 Precision = Literal["no", "fp16", "bf16"]
+QuantizeBase = Literal["int8", "fp8", "nf4"]  # what boothkit.quantize stores the base's weights as
 LRSchedule = Literal[
     "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"
 ]
@@ -281,6 +282,12 @@ class TrainConfig:
         "mixed precision for the frozen weights and the forward pass", section="precision", default="no"
     )
     gradient_checkpointing: bool = option("trade compute for memory", section="precision", default=False)
+    quantize_base: QuantizeBase | None = option(
+        "store the frozen base denoiser's linear layers as int8, fp8 or nf4 (QLoRA; torchao, CPU or "
+        "CUDA): about 1/2, 1/2 or 1/4 of bf16's memory; the LoRA itself trains in full precision",
+        section="precision",
+        default=None,
+    )
     seed: int = option("random seed", section="optimisation", default=0)
     # Outputs
     sample_every: int = option(
@@ -386,6 +393,12 @@ def _validate(c: TrainConfig) -> None:
         )
     if c.ema and c.method != "full":
         raise BoothkitError("--ema applies to --method full", hint="drop --ema, or use --method full")
+    if c.quantize_base is not None and c.method == "full":
+        raise BoothkitError(
+            f"--quantize-base {c.quantize_base} does not apply to --method full: a full fine-tune trains "
+            "the base weights themselves",
+            hint="drop --quantize-base, or train a LoRA (--method lora)",
+        )
     if c.save_single_file and c.method != "full":
         raise BoothkitError(
             "--save-single-file applies to --method full (a LoRA is exported with `boothkit export`)"

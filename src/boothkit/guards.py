@@ -30,6 +30,8 @@ def oom_message(run: Run, loop: LoopState) -> BoothkitError:
         remedies.append("--mixed-precision bf16 (or fp16 on older GPUs)")
     if not c.adam_8bit and run.device.type == "cuda":
         remedies.append("--adam-8bit (pip install bitsandbytes)")
+    if c.quantize_base != "nf4" and c.method != "full":
+        remedies.append("--quantize-base nf4 (the frozen base in 4 bits)")
     if loop.batch_size > 1:
         remedies.append(
             f"--batch-size {max(1, loop.batch_size // 2)} --grad-accum {loop.grad_accum * 2} "

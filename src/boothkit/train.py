@@ -50,6 +50,7 @@ from boothkit.methods import TrainingMethod, get_method
 from boothkit.outputs import RunLogger, encode_sample_prompts, save_samples, write_summary
 from boothkit.preflight import Preflight, preflight, refuse_changed_run, resolve_device, token_warnings
 from boothkit.prior import class_images, prior_prompts
+from boothkit.quantize import quantize_linear_layers
 from boothkit.run import Run, RunFolder, TrainResult, open_run
 from boothkit.templates import render_prompt
 
@@ -117,6 +118,9 @@ def prepare(
     model.denoiser.to(dtype=weight_dtype)
     for encoder in model.text_encoders:
         encoder.to(dtype=weight_dtype)
+    if config.quantize_base is not None:
+        quantized = quantize_linear_layers(model.denoiser, config.quantize_base)
+        log(f"{model.denoiser_name} stored as {config.quantize_base}: {quantized}")
     groups = method.setup(model, config)
 
     token = method.prompt_token(config.token)
